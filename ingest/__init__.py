@@ -1,0 +1,1 @@
+"""Ingestion: load → split → embed → store. Each stage is one module with a small typed interface."""

@@ -1,0 +1,1 @@
+"""The chat pipeline: retrieve → prompt → model → answer with citations."""

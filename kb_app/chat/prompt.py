@@ -1,0 +1,82 @@
+"""Where the prompt is built: templates from ``prompts/<lang>/``, numbered context, the question."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from kb_app.chat.language import Language
+from kb_app.models.base import Message
+from kb_app.retrieval.base import Hit
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    system: str
+    user: str
+    context_item: str
+    page: str
+    refusal: str
+
+
+@cache
+def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
+    folder = prompts_dir / language
+
+    def read(name: str) -> str:
+        return (folder / name).read_text(encoding="utf-8").strip("\n")
+
+    return PromptTemplates(
+        system=read("system.txt"),
+        user=read("user.txt"),
+        context_item=read("context_item.txt"),
+        page=read("page.txt"),
+        refusal=read("refusal.txt"),
+    )
+
+
+class PromptBuilder:
+    def __init__(self, prompts_dir: Path) -> None:
+        self._dir = prompts_dir
+
+    def templates(self, language: Language) -> PromptTemplates:
+        return load_templates(self._dir, language)
+
+    def refusal(self, language: Language) -> str:
+        return self.templates(language).refusal
+
+    def build(
+        self,
+        question: str,
+        hits: list[Hit],
+        language: Language,
+        token_budget: int | None = None,
+        count_tokens: Callable[[str], int] = len,
+    ) -> tuple[list[Message], list[Hit]]:
+        """Messages for the model and the hits they number [1]..[n].
+
+        When ``token_budget`` is given, the lowest-ranked hits are dropped until the prompt fits.
+        """
+        t = self.templates(language)
+        kept = list(hits)
+        while True:
+            context = "\n\n".join(
+                t.context_item.format(
+                    n=n,
+                    source=h.chunk.source,
+                    page=t.page.format(page=h.chunk.page) if h.chunk.page else "",
+                    text=h.chunk.text,
+                )
+                for n, h in enumerate(kept, 1)
+            )
+            messages: list[Message] = [
+                {"role": "system", "content": t.system},
+                {"role": "user", "content": t.user.format(context=context, question=question)},
+            ]
+            if token_budget is None or len(kept) <= 1:
+                return messages, kept
+            if sum(count_tokens(m["content"]) for m in messages) + 16 * len(messages) <= token_budget:
+                return messages, kept
+            kept.pop()

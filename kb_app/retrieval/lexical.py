@@ -1,0 +1,18 @@
+"""BM25 over jieba tokens: exact names, numbers and rare terms that embeddings blur."""
+
+from __future__ import annotations
+
+from ingest.lexical_store import Bm25Store
+from ingest.vector_store import ChromaVectorStore
+from kb_app.retrieval.base import Hit
+
+
+class LexicalRetriever:
+    def __init__(self, lexical: Bm25Store, vectors: ChromaVectorStore) -> None:
+        self._lexical = lexical
+        self._vectors = vectors
+
+    def retrieve(self, query: str, k: int) -> list[Hit]:
+        scored = self._lexical.search(query, k)
+        chunks = {c.id: c for c in self._vectors.get([cid for cid, _ in scored])}
+        return [Hit(chunk=chunks[cid], score=s, lexical_score=s) for cid, s in scored if cid in chunks]

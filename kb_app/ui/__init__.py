@@ -1,0 +1,1 @@
+"""The web UI (Gradio), bound to this machine only by default."""
