@@ -23,7 +23,7 @@ run: install
 
 # Debian's Chromium drives the browser tests (Playwright cannot download its own browser offline).
 browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+	@command -v chromium >/dev/null 2>&1 && fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk)
 
 test: install browser
 	$(BIN)/pytest

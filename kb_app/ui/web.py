@@ -100,9 +100,10 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
                 )
                 upload = gr.File(
                     file_count="multiple",
-                    label="Drop files here 拖放文件 (" + ", ".join(assistant.registry.suffixes) + ")",
+                    label="Drop files 拖放文件",
                     elem_id="upload",
                 )
+                gr.Markdown("Formats: " + " ".join(assistant.registry.suffixes), elem_classes="formats")
                 status = gr.Markdown(elem_id="ingest-status")
                 table = gr.Dataframe(
                     headers=HEADERS,
@@ -113,7 +114,7 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
                 )
                 delete = gr.Button("Delete this knowledge base 删除知识库", variant="stop", size="sm")
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Chat", height=560, elem_id="chat")
+                chatbot = gr.Chatbot(label="Chat", height="70vh", elem_id="chat")
                 with gr.Row():
                     question = gr.Textbox(
                         placeholder="Ask in Chinese or English… 用中文或英文提问…",
@@ -124,7 +125,7 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
                     )
                     send = gr.Button("Ask 提问", variant="primary", scale=1, elem_id="send")
 
-        upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb])
+        upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb]).then(lambda: None, outputs=upload)
         kb.change(on_kb_change, inputs=kb, outputs=table)
         delete.click(on_delete, inputs=kb, outputs=[kb, table, status])
         for trigger in (question.submit, send.click):

@@ -1,0 +1,80 @@
+"""End to end with the real default model: ingest real files, ask in Chinese and English, check citations."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kb_app.assistant import Assistant
+from kb_app.cli import app
+from kb_app.settings import Settings
+from tests.conftest import shared_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    shutil.copy(shared_path("corpus", "chatchat_samples", "langchain.pdf"), folder)
+    shutil.copy(shared_path("corpus", "chatchat_samples", "大模型推理优化策略.md"), folder)
+    shutil.copy(shared_path("eval", "zh_docs", "1999年国家联盟分区赛.txt"), folder)
+    shutil.copy(shared_path("corpus", "unstructured", "fake-html.html"), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def assistant(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Assistant:
+    from kb_app.settings import load_settings
+
+    assistant = Assistant(load_settings(home=tmp_path_factory.mktemp("home")))
+    report = assistant.ingest([corpus])
+    assert not report.failed, report.failed
+    assert len(report.by_status("added")) == 4
+    return assistant
+
+
+def test_chinese_question_cites_the_right_file(assistant: Assistant) -> None:
+    answer = assistant.ask("1999年国家联盟分区赛是在哪一天结束的？")
+    assert answer.language == "zh" and not answer.refused
+    assert "10月9日" in answer.text
+    assert answer.citations[0].source == "1999年国家联盟分区赛.txt"
+    assert "10月9日" in answer.citations[0].text
+
+
+def test_english_question_cites_the_right_file_and_page(assistant: Assistant) -> None:
+    answer = assistant.ask("What are the main components of LangChain?")
+    assert answer.language == "en" and not answer.refused
+    assert answer.text
+    cited = {(c.source, c.page) for c in answer.citations}
+    assert ("langchain.pdf", 3) in cited, cited
+    assert any("Prompts" in c.text and "Memory" in c.text for c in answer.citations)
+
+
+def test_question_outside_the_knowledge_base_is_refused(assistant: Assistant) -> None:
+    answer = assistant.ask("巴西的首都是哪座城市的气候怎么样，适合种植咖啡吗？")
+    assert answer.refused
+    assert answer.text == "根据已知信息无法回答该问题。"
+    assert answer.citations == []
+
+
+def test_cli_ask_json(assistant: Assistant, corpus: Path) -> None:
+    home = str(assistant.settings.home)
+    result = CliRunner().invoke(app, ["--home", home, "ask", "--json", "What is LangChain?"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"answer", "citations"}
+    assert data["answer"]
+    assert data["citations"] and set(data["citations"][0]) == {"n", "source", "page", "text", "score"}
+    assert data["citations"][0]["source"] == "langchain.pdf"
+
+
+def test_streaming_yields_text_before_the_answer(settings: Settings, assistant: Assistant) -> None:
+    items = list(assistant.stream("Which company designed LangChain's modular abstractions?"))
+    pieces = [i for i in items[:-1] if isinstance(i, str)]
+    assert len(pieces) > 1
+    assert "".join(pieces).strip() == items[-1].text
