@@ -38,6 +38,7 @@ class Assistant:
         self._kbs: dict[str, KnowledgeBase] = {}
         self._model: ChatModel | None = None
         self._lock = threading.RLock()
+        self._ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -91,7 +92,7 @@ class Assistant:
         knowledge_base = self.knowledge_base(kb)
         ingestor = Ingestor(self.registry, RecursiveSplitter(self.settings.splitter), self.embedder, knowledge_base)
         files = list(expand_paths(Path(p) for p in paths))
-        with self._lock:
+        with self._ingest_lock:
             return ingestor.ingest(files, progress) if progress else ingestor.ingest(files)
 
     def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:

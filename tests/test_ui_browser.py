@@ -85,6 +85,7 @@ def page(app_url: str, page_errors: list[str]) -> Iterator[Page]:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
+            expect.set_options(timeout=30_000)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             page.goto(app_url, wait_until="domcontentloaded")
             yield page
@@ -105,6 +106,8 @@ def test_upload_ask_and_see_sources(page: Page, page_errors: list[str], tmp_path
     upload(page, DOCUMENT)
     expect(status).to_contain_text("1 added")
     expect(files).to_contain_text(DOCUMENT.name)
+    # After ingesting, the app clears the upload box so the next drop sends only the new files.
+    expect(page.locator("#upload")).not_to_contain_text(DOCUMENT.name)
 
     # An unsupported file through the same input: named in the status, never listed as a file.
     unsupported = tmp_path / "notes.xyz"
