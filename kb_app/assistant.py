@@ -18,7 +18,7 @@ from ingest.vector_store import delete_knowledge_base, list_knowledge_bases, mak
 from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.errors import KnowledgeBaseNotFoundError
-from kb_app.models.base import ChatModel
+from kb_app.models.base import ChatModel, Message
 from kb_app.models.factory import build_chat_model
 from kb_app.retrieval.base import Hit
 from kb_app.retrieval.factory import build_retriever
@@ -97,21 +97,24 @@ class Assistant:
 
     def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:
         knowledge_base = self.knowledge_base(kb, create=False)
-        retriever = build_retriever(self.settings.retrieval, self.embedder, knowledge_base)
+        retriever = build_retriever(self.settings.retrieval, self.embedder, knowledge_base, self.settings.rerank)
         return retriever.retrieve(query, k or self.settings.retrieval.top_k)
 
     def pipeline(self, kb: str | None = None) -> ChatPipeline:
         knowledge_base = self.knowledge_base(kb, create=False)
         return ChatPipeline(
-            retriever=build_retriever(self.settings.retrieval, self.embedder, knowledge_base),
+            retriever=build_retriever(self.settings.retrieval, self.embedder, knowledge_base, self.settings.rerank),
             model=self.model,
             prompts=PromptBuilder(self.settings.prompts_dir),
             retrieval=self.settings.retrieval,
             llm=self.settings.llm,
+            chat=self.settings.chat,
         )
 
-    def stream(self, question: str, kb: str | None = None) -> Iterator[str | Answer]:
-        return self.pipeline(kb).stream(question)
+    def stream(
+        self, question: str, kb: str | None = None, history: list[Message] | None = None
+    ) -> Iterator[str | Answer]:
+        return self.pipeline(kb).stream(question, history)
 
-    def ask(self, question: str, kb: str | None = None) -> Answer:
-        return self.pipeline(kb).ask(question)
+    def ask(self, question: str, kb: str | None = None, history: list[Message] | None = None) -> Answer:
+        return self.pipeline(kb).ask(question, history)

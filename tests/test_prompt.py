@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ingest.vector_store import StoredChunk
+from kb_app.chat.citations import align, split_sentences
 from kb_app.chat.language import detect_language
-from kb_app.chat.pipeline import cited_numbers
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.retrieval.base import Hit
 from kb_app.settings import Settings
@@ -59,6 +59,21 @@ def test_context_is_numbered_in_rank_order_and_trimmed_from_the_bottom(settings:
     assert [h.chunk.id for h in kept] == ["id1"]
 
 
-def test_cited_numbers_keep_only_real_passages() -> None:
-    assert cited_numbers("A [2]. B [1][2]. C [9].", available=3) == [2, 1]
-    assert cited_numbers("no citations", available=3) == []
+def test_citations_are_aligned_to_supporting_passages() -> None:
+    hits = [
+        _hit(1, "1999年国家联盟分区赛于10月5日开打，结束于10月9日。"),
+        _hit(2, "Employees receive fifteen days of paid leave every year."),
+        _hit(3, "The office closes at six in the evening on Fridays."),
+    ]
+    # The model marked the wrong passage: the marker is dropped and the supporting passage cited instead.
+    assert align("分区赛结束于10月9日 [3]。", hits, "zh", 0.3) == [1]
+    # Two sentences, each supported by its own passage; unmarked support is found too.
+    assert align(
+        "Employees get fifteen days of paid leave [2]. The office closes at six on Fridays.", hits, "en", 0.3
+    ) == [
+        2,
+        3,
+    ]
+    # Nothing supports the answer: it cites the top passage it was built from.
+    assert align("Bananas are yellow.", hits, "en", 0.3) == [1]
+    assert split_sentences("第一句。第二句！Third one. Fourth?") == ["第一句。", "第二句！", "Third one.", "Fourth?"]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
+from kb_app.chat.citations import align
 from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
-from kb_app.models.base import ChatModel
+from kb_app.models.base import ChatModel, Message
 from kb_app.retrieval.base import Hit, Retriever
-from kb_app.settings import LlmSettings, RetrievalSettings
-
-_CITATION = re.compile(r"\[(\d{1,2})\]")
+from kb_app.settings import ChatSettings, LlmSettings, RetrievalSettings
 
 
 @dataclass(frozen=True)
@@ -42,16 +40,6 @@ class Answer:
         return {"answer": self.text, "citations": [asdict(c) for c in self.citations]}
 
 
-def cited_numbers(text: str, available: int) -> list[int]:
-    """The [n] markers in ``text`` that point at a real passage, in order of first use."""
-    seen: list[int] = []
-    for match in _CITATION.finditer(text):
-        n = int(match.group(1))
-        if 1 <= n <= available and n not in seen:
-            seen.append(n)
-    return seen
-
-
 class ChatPipeline:
     """``stream`` yields answer text as it is generated and finally the complete ``Answer``."""
 
@@ -62,21 +50,45 @@ class ChatPipeline:
         prompts: PromptBuilder,
         retrieval: RetrievalSettings,
         llm: LlmSettings,
+        chat: ChatSettings | None = None,
     ) -> None:
         self._retriever = retriever
         self._model = model
         self._prompts = prompts
         self._retrieval = retrieval
         self._llm = llm
+        self._chat = chat or ChatSettings()
 
-    def has_evidence(self, hits: list[Hit]) -> bool:
+    def has_evidence(self, hits: list[Hit], language: Language) -> bool:
+        """Whether retrieval found something close enough to answer from; a small model should not decide this."""
         scores = [h.dense_score for h in hits if h.dense_score is not None]
-        return bool(scores) and max(scores) >= self._retrieval.min_dense_score
+        threshold = self._retrieval.min_dense_score.get(language, 0.0)
+        return bool(scores) and max(scores) >= threshold
 
-    def stream(self, question: str) -> Iterator[str | Answer]:
+    def standalone(self, question: str, history: list[Message], language: Language) -> str:
+        """The follow-up rewritten by the model into a question that stands alone; the question if no history.
+
+        A small model sometimes rambles: an empty or overlong rewrite falls back to the previous question
+        joined with this one, which still carries the subject into retrieval.
+        """
+        if not history:
+            return question
+        model = self._model()
+        messages = self._prompts.condense(
+            question, history, language, self._chat.history_tokens, count_tokens=model.count_tokens
+        )
+        rewritten = "".join(model.stream(messages, self._chat.condense_max_tokens, 0.0)).strip()
+        rewritten = rewritten.splitlines()[0].strip() if rewritten else ""
+        if rewritten and len(rewritten) <= 3 * len(question) + 80:
+            return rewritten
+        previous = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        return f"{previous} {question}".strip()
+
+    def stream(self, question: str, history: list[Message] | None = None) -> Iterator[str | Answer]:
         language = detect_language(question)
+        question = self.standalone(question, history or [], language)
         hits = self._retriever.retrieve(question, self._retrieval.top_k)
-        if not self.has_evidence(hits):
+        if not self.has_evidence(hits, language):
             refusal = self._prompts.refusal(language)
             yield refusal
             yield Answer(text=refusal, language=language, refused=True)
@@ -94,15 +106,15 @@ class ChatPipeline:
             pieces.append(piece)
             yield piece
         text = "".join(pieces).strip()
-        numbers = cited_numbers(text, len(used)) or list(range(1, len(used) + 1))
+        numbers = align(text, used, language, self._retrieval.citation_min_support)
         yield Answer(
             text=text,
             language=language,
             citations=[Citation.from_hit(n, used[n - 1]) for n in numbers],
         )
 
-    def ask(self, question: str) -> Answer:
-        for item in self.stream(question):
+    def ask(self, question: str, history: list[Message] | None = None) -> Answer:
+        for item in self.stream(question, history):
             if isinstance(item, Answer):
                 return item
         raise RuntimeError("the pipeline ended without an answer")

@@ -19,6 +19,7 @@ class PromptTemplates:
     context_item: str
     page: str
     refusal: str
+    condense: str
 
 
 @cache
@@ -34,6 +35,7 @@ def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
         context_item=read("context_item.txt"),
         page=read("page.txt"),
         refusal=read("refusal.txt"),
+        condense=read("condense.txt"),
     )
 
 
@@ -46,6 +48,26 @@ class PromptBuilder:
 
     def refusal(self, language: Language) -> str:
         return self.templates(language).refusal
+
+    def condense(
+        self,
+        question: str,
+        history: list[Message],
+        language: Language,
+        token_budget: int,
+        count_tokens: Callable[[str], int] = len,
+    ) -> list[Message]:
+        """Messages asking the model for a standalone question; only the newest turns that fit the budget."""
+        t = self.templates(language)
+        lines: list[str] = []
+        used = 0
+        for message in reversed(history):
+            line = f"{message['role']}: {message['content'].strip()}"
+            used += count_tokens(line)
+            if used > token_budget and lines:
+                break
+            lines.insert(0, line)
+        return [{"role": "user", "content": t.condense.format(history="\n".join(lines), question=question)}]
 
     def build(
         self,

@@ -1,4 +1,4 @@
-"""Builds the retriever that ``retrieval.mode`` names."""
+"""Builds the retriever that ``retrieval.mode`` names, wrapped in the rerank stage that ``rerank`` configures."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from kb_app.retrieval.base import Retriever
 from kb_app.retrieval.dense import DenseRetriever
 from kb_app.retrieval.hybrid import HybridRetriever
 from kb_app.retrieval.lexical import LexicalRetriever
-from kb_app.settings import RetrievalSettings
+from kb_app.retrieval.rerank import RerankingRetriever, build_reranker
+from kb_app.settings import RerankSettings, RetrievalSettings
 
 
-def build_retriever(settings: RetrievalSettings, embedder: Embedder, kb: KnowledgeBase) -> Retriever:
+def build_retriever(
+    settings: RetrievalSettings, embedder: Embedder, kb: KnowledgeBase, rerank: RerankSettings | None = None
+) -> Retriever:
     dense = DenseRetriever(embedder, kb.vectors)
     lexical = LexicalRetriever(kb.lexical, kb.vectors)
     retrievers: dict[str, Retriever] = {
@@ -19,4 +22,8 @@ def build_retriever(settings: RetrievalSettings, embedder: Embedder, kb: Knowled
         "lexical": lexical,
         "hybrid": HybridRetriever(dense, lexical, embedder, kb.vectors, settings.fetch_k, settings.rrf_k),
     }
-    return retrievers[settings.mode]
+    base = retrievers[settings.mode]
+    reranker = build_reranker(rerank) if rerank else None
+    if reranker is None:
+        return base
+    return RerankingRetriever(base, reranker, rerank.candidates, rerank.languages)

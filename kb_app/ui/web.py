@@ -14,9 +14,11 @@ import gradio as gr
 from kb_app.assistant import Assistant
 from kb_app.chat.pipeline import Answer, Citation
 from kb_app.errors import KbError
+from kb_app.models.base import Message
 from kb_app.settings import Settings
 
 HEADERS = ["file", "chunks", "bytes"]
+SOURCES_RULE = "\n\n---\n"  # separates an answer from its sources in the chat
 
 
 def format_sources(citations: list[Citation], language: str) -> str:
@@ -25,12 +27,24 @@ def format_sources(citations: list[Citation], language: str) -> str:
         return ""
     title = "来源" if language == "zh" else "Sources"
     page_word = "第 {} 页" if language == "zh" else "page {}"
-    lines = [f"\n\n---\n**{title}**\n"]
+    lines = [f"{SOURCES_RULE}**{title}**\n"]
     for c in citations:
         page = f" · {page_word.format(c.page)}" if c.page else ""
         quoted = "\n".join(f"> {line}" for line in c.text.splitlines() if line.strip())
         lines.append(f"**[{c.n}] {c.source}**{page} · score {c.score:.3f}\n\n{quoted}\n")
     return "\n".join(lines)
+
+
+def conversation(history: list[dict]) -> list[Message]:
+    """Past turns as plain messages for condensing a follow-up: the sources shown under answers are left out."""
+    turns: list[Message] = []
+    for message in history:
+        content = message.get("content")
+        if isinstance(content, list):  # Gradio may hand back structured content: keep its text parts
+            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+        if message.get("role") in ("user", "assistant") and isinstance(content, str) and content.strip():
+            turns.append({"role": message["role"], "content": content.split(SOURCES_RULE)[0].strip()})
+    return turns
 
 
 def build_ui(assistant: Assistant) -> gr.Blocks:
@@ -69,11 +83,12 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
         if not message:
             yield history, ""
             return
+        past = conversation(history)
         history = [*history, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield history, ""
         text = ""
         try:
-            for item in assistant.stream(message, kb=kb):
+            for item in assistant.stream(message, kb=kb, history=past):
                 if isinstance(item, Answer):
                     text = item.text + format_sources(item.citations, item.language)
                 else:

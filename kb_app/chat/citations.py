@@ -1,0 +1,49 @@
+"""Citations a person can check: each answer sentence is aligned to the passages that support it.
+
+The alignment is deterministic (shared n-grams, the same measure the reranker uses), so a citation never
+depends only on the small model writing [n] correctly: markers pointing at passages that support nothing
+are dropped, and supporting passages the model forgot to mark are added.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kb_app.chat.language import Language
+from kb_app.retrieval.base import Hit
+from kb_app.retrieval.rerank import ngrams
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")
+_MARKER = re.compile(r"\[(\d{1,2})\]")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def support(sentence: str, passage: str, language: Language) -> float:
+    """Share of the sentence's n-grams found in the passage (0..1)."""
+    wanted = ngrams(_MARKER.sub("", sentence), language)
+    if not wanted:
+        return 0.0
+    return len(wanted & ngrams(passage, language)) / len(wanted)
+
+
+def align(answer: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
+    """Numbers (1-based, as in the prompt) of the passages that support the answer, in order of first use.
+
+    For each sentence: the passages it marks with [n] if they support it, else its best-supporting passage.
+    An answer nothing supports cites the top passage it was given, since that is what it was built from.
+    """
+    cited: list[int] = []
+    for sentence in split_sentences(answer):
+        scores = {n: support(sentence, h.chunk.text, language) for n, h in enumerate(hits, 1)}
+        if not scores:
+            break
+        marked = [int(m) for m in _MARKER.findall(sentence) if int(m) in scores]
+        chosen = [n for n in marked if scores[n] >= min_support]
+        if not chosen:
+            best = max(scores, key=scores.__getitem__)
+            chosen = [best] if scores[best] >= min_support else []
+        cited.extend(n for n in chosen if n not in cited)
+    return cited or ([1] if hits else [])
