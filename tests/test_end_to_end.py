@@ -78,3 +78,15 @@ def test_streaming_yields_text_before_the_answer(settings: Settings, assistant: 
     pieces = [i for i in items[:-1] if isinstance(i, str)]
     assert len(pieces) > 1
     assert "".join(pieces).strip() == items[-1].text
+
+
+def test_follow_up_question_is_condensed_with_its_history(assistant: Assistant) -> None:
+    history = [
+        {"role": "user", "content": "1999年国家联盟分区赛是什么比赛？"},
+        {"role": "assistant", "content": "它是1999年国联季后赛的第一轮。"},
+    ]
+    pipeline = assistant.pipeline()
+    standalone = pipeline.standalone("它是哪一天开打的？", history, "zh")
+    assert "国家联盟" in standalone or "分区赛" in standalone, standalone
+    answer = assistant.ask("它是哪一天开打的？", history=history)
+    assert answer.citations and answer.citations[0].source == "1999年国家联盟分区赛.txt"
