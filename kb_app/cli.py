@@ -49,42 +49,96 @@ def _emit(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+PasswordOption = Annotated[
+    str | None,
+    typer.Option("--password", help="Password for encrypted PDFs and zip files (or ingest.password in kb.yaml)."),
+]
+
+
+def _progress_bar(as_json: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", disable=as_json)
+
+
+def _bar_callback(bar):
+    def progress(fraction: float, message: str) -> None:
+        bar.set_description_str(message[:40])
+        bar.update(max(0.0, min(1.0, fraction) - bar.n))
+
+    return progress
+
+
+def _print_report(report, kb_name: str, as_json: bool) -> None:
+    if as_json:
+        _emit({"kb": kb_name, "seconds": round(report.seconds, 2), "files": [f.__dict__ for f in report.files]})
+        return
+    for outcome in report.files:
+        if outcome.status == "failed":
+            typer.secho(f"skipped {outcome.reason}", fg="yellow", err=True)
+        elif outcome.reason:
+            typer.secho(f"{outcome.status} {outcome.reason}", dim=True, err=True)
+    typer.echo(f"{kb_name}: {report.summary()}")
+
+
 @app.command()
 def ingest(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="Files or folders (folders are read recursively).")],
     kb: KbOption = None,
+    password: PasswordOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Add files to a knowledge base. Unchanged files are skipped; changed ones replace their old chunks."""
-    from tqdm import tqdm
-
-    settings = _settings(ctx, kb=kb)
+    settings = _settings(ctx, kb=kb, **{"ingest.password": password})
     assistant = _assistant(settings)
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise KbError(f"no such file or folder: {', '.join(missing)}")
-    with tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", disable=as_json) as bar:
-
-        def progress(fraction: float, message: str) -> None:
-            bar.set_description_str(message[:40])
-            bar.update(fraction - bar.n)
-
-        report = assistant.ingest(paths, progress=progress)
-    if as_json:
-        _emit(
-            {
-                "kb": settings.kb,
-                "seconds": round(report.seconds, 2),
-                "files": [f.__dict__ for f in report.files],
-            }
-        )
-    else:
-        for outcome in report.failed:
-            typer.secho(f"skipped {outcome.reason}", fg="yellow", err=True)
-        typer.echo(f"{settings.kb}: {report.summary()}")
+    with _progress_bar(as_json) as bar:
+        report = assistant.ingest(paths, progress=_bar_callback(bar))
+    _print_report(report, settings.kb, as_json)
     if report.files and len(report.failed) == len(report.files):
         raise typer.Exit(1)
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="The folder to mirror.", file_okay=False)],
+    kb: KbOption = None,
+    password: PasswordOption = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep syncing until interrupted (Ctrl-C).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between syncs with --watch.")] = 5.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Make a knowledge base match FOLDER: add new files, re-ingest changed ones, remove deleted ones.
+
+    Moved or renamed files keep their vectors (matched by sha256); files that failed before are retried only
+    when they change.
+    """
+    from ingest.pipeline import Ingestor
+    from ingest.splitter import RecursiveSplitter
+    from ingest.sync import sync_folder, watch_folder
+
+    settings = _settings(ctx, kb=kb, **{"ingest.password": password})
+    if not folder.is_dir():
+        raise KbError(f"no such folder: {folder}")
+    assistant = _assistant(settings)
+    knowledge_base = assistant.knowledge_base()
+    ingestor = Ingestor(
+        assistant.registry, RecursiveSplitter(settings.splitter), assistant.embedder, knowledge_base, settings.ingest
+    )
+    if not watch:
+        with _progress_bar(as_json) as bar:
+            report = sync_folder(ingestor, knowledge_base, folder, _bar_callback(bar))
+        _print_report(report, settings.kb, as_json)
+        return
+    typer.echo(f"watching {folder} (every {interval:g} s); Ctrl-C stops", err=True)
+    try:
+        watch_folder(ingestor, knowledge_base, folder, lambda r: _print_report(r, settings.kb, as_json), interval)
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
 
 
 @app.command()
@@ -167,14 +221,25 @@ def list_kbs(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 
 @app.command()
-def files(ctx: typer.Context, kb: KbOption = None, as_json: JsonOption = False) -> None:
+def files(
+    ctx: typer.Context,
+    kb: KbOption = None,
+    failed: Annotated[bool, typer.Option("--failed", help="List the files that could not be read, and why.")] = False,
+    as_json: JsonOption = False,
+) -> None:
     """List the files in a knowledge base."""
-    records = _assistant(_settings(ctx, kb=kb)).knowledge_base(create=False).manifest.all()
+    manifest = _assistant(_settings(ctx, kb=kb)).knowledge_base(create=False).manifest
+    records = manifest.failures() if failed else manifest.all()
     if as_json:
-        _emit([{"source": r.source, "sha256": r.sha256, "size": r.size, "chunks": len(r.chunk_ids)} for r in records])
+        _emit(
+            [
+                {"source": r.source, "sha256": r.sha256, "size": r.size, "chunks": len(r.chunk_ids), "error": r.error}
+                for r in records
+            ]
+        )
         return
     for r in records:
-        typer.echo(f"{r.source}\t{r.size} bytes\t{len(r.chunk_ids)} chunks")
+        typer.echo(f"{r.source}\t{r.error}" if failed else f"{r.source}\t{r.size} bytes\t{len(r.chunk_ids)} chunks")
 
 
 @app.command()
@@ -200,6 +265,93 @@ def drop(
         typer.confirm(f"Delete knowledge base '{name}'?", abort=True)
     _assistant(_settings(ctx)).delete_knowledge_base(name)
     typer.echo(f"deleted {name}")
+
+
+models_app = typer.Typer(
+    help="The chat model: what is configured, where it loads from, and whether it loads. See docs/glm.md.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Show the configured model (llm.* settings): backend, source, size, quantization, context length."""
+    from kb_app.models.factory import describe_models
+
+    settings = _settings(ctx)
+    infos = describe_models(settings.llm, settings.cache_dir)
+    if as_json:
+        _emit([info.__dict__ for info in infos])
+        return
+    for info in infos:
+        mark = "*" if info.active else " "
+        typer.secho(f"{mark} {info.name}  [{info.backend}]", bold=info.active)
+        typer.echo(f"    from:          {info.source}")
+        typer.echo(f"    size:          {_human_size(info.size_bytes)}")
+        typer.echo(f"    quantization:  {info.quantization}")
+        typer.echo(f"    context:       {info.context_length or '-'} tokens")
+        if info.note:
+            typer.echo(f"    note:          {info.note}")
+    typer.echo("* = in use. `kb models check` loads it and generates a few tokens.")
+
+
+@models_app.command("check")
+def models_check(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Load the configured model exactly as `kb ask` does and stream a few tokens; exit 1 with the fix if not."""
+    from kb_app.models.factory import check_model
+
+    settings = _settings(ctx)
+    result = check_model(settings.llm, settings.cache_dir)
+    if as_json:
+        _emit(result.__dict__)
+        return
+    first = f"{result.first_token_s:.2f} s" if result.first_token_s is not None else "no token"
+    typer.secho(f"ok: {result.name} [{result.backend}] loads and generates", fg="green")
+    typer.echo(f"    loaded in {result.load_s:.1f} s, first token after {first}")
+    typer.echo(f"    context {result.context_length} tokens; the probe counts {result.tokens_in_probe} tokens")
+    typer.echo(f"    said: {result.text.strip()[:80]!r}")
+
+
+@app.command("eval")
+def evaluate_command(
+    ctx: typer.Context,
+    qa: Annotated[Path, typer.Argument(help="QA set: JSON lines with id, question, answers, doc_id.")],
+    docs: Annotated[Path, typer.Option("--docs", help="Folder of the documents the questions are about.")],
+    kb: KbOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the run (score.py's format) here.")] = None,
+    retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Skip answer generation.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Generate answers for only the first N questions.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Score retrieval (and answers) on a QA set: AnswerHit@k, DocRecall@k, MRR, Contains, abstention."""
+    from kb_app.evaluation import evaluate
+
+    settings = _settings(ctx, kb=kb or f"eval-{qa.stem}")
+    if not qa.is_file() or not docs.is_dir():
+        raise KbError(f"need a QA file and a documents folder (got {qa}, {docs})")
+    rows = sum(1 for line in qa.open(encoding="utf-8") if line.strip())
+    generate = 0 if retrieval_only else (limit if limit is not None else rows)
+    result = evaluate(_assistant(settings), qa, docs, settings.kb, run_path=out, generate=generate)
+    if as_json:
+        _emit(result.metrics)
+        return
+    typer.echo("| metric | value |\n|---|---|")
+    for name, value in result.metrics.items():
+        typer.echo(f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |")
+    if out:
+        typer.echo(f"run written to {out}")
 
 
 def main() -> None:

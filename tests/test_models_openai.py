@@ -1,0 +1,186 @@
+"""The OpenAI-compatible backend against a real server: ``python -m llama_cpp.server`` on 127.0.0.1 serving the
+default GGUF. Servers are started on free ports, waited for with a bounded timeout and always killed."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kb_app.errors import KbError
+from kb_app.models.errors import ModelServerError
+from kb_app.models.factory import build_chat_model, resolve_gguf
+from kb_app.models.openai_compatible import OpenAICompatibleModel, estimate_tokens
+from kb_app.settings import LlmSettings, load_settings
+
+pytestmark = pytest.mark.slow
+
+KEY = "kb-test-key"
+N_CTX = 2048
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` as a child process."""
+
+    def __init__(self, gguf: Path, port: int, log: Path) -> None:
+        self.gguf, self.port, self.log = gguf, port, log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 120) -> LlamaServer:
+        args = ["--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--n_ctx", str(N_CTX), "--n_threads", "2", "--api_key", KEY, "--verbose", "False"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(
+                    f"{self.base_url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2
+                ).is_success:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.kill()
+        pytest.fail(f"llama_cpp.server was not ready after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gguf() -> Path:
+    return resolve_gguf(LlmSettings(), load_settings().cache_dir)
+
+
+@pytest.fixture(scope="module")
+def server(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    running = LlamaServer(gguf, free_port(), tmp_path_factory.mktemp("server") / "server.log").start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+def openai_settings(base_url: str, **extra: object) -> LlmSettings:
+    return LlmSettings(backend="openai", base_url=base_url, api_key=KEY, n_ctx=N_CTX, **extra)
+
+
+QUESTION = [{"role": "user", "content": "What is 2+2? Reply with just the number."}]
+LONG = [{"role": "user", "content": "Count from 1 to 300, separated by commas. Do not stop early."}]
+
+
+def test_normal_answer(server: LlamaServer, gguf: Path) -> None:
+    model = build_chat_model(openai_settings(server.base_url, tokenizer_path=str(gguf)), Path("unused-cache"))
+    assert isinstance(model, OpenAICompatibleModel)
+    assert "4" in "".join(model.stream(QUESTION, max_tokens=8, temperature=0.0))
+    assert model.name == str(gguf)  # llm.model unset: the first (only) model the server lists
+    assert model.context_length == N_CTX
+    text = "已知信息：知识库根据你自己的文档回答问题。Question: what does it do?"
+    local = model.count_tokens(text)  # llm.tokenizer_path: the GGUF's own tokenizer, read locally
+    remote = build_chat_model(openai_settings(server.base_url), Path("unused-cache")).count_tokens(text)
+    assert local == remote  # the server's /extras/tokenize/count uses the same tokenizer
+
+
+def test_streamed_answer(server: LlamaServer) -> None:
+    model = build_chat_model(openai_settings(server.base_url), Path("unused-cache"))
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    for piece in model.stream([{"role": "user", "content": "Count from 1 to 10, separated by commas."}], 40, 0.0):
+        arrivals.append(time.perf_counter() - started)
+        pieces.append(piece)
+    assert len(pieces) > 5
+    assert arrivals[0] < arrivals[-1] - 0.05  # pieces came as they were generated, not all at the end
+    assert "1, 2, 3" in "".join(pieces)
+
+
+def test_server_killed_mid_stream_then_restarted(gguf: Path, tmp_path: Path) -> None:
+    """A server that dies in the middle of an answer gives a clean KbError; once it is back, the same model
+    object answers again."""
+    victim = LlamaServer(gguf, free_port(), tmp_path / "victim.log").start()
+    try:
+        model = build_chat_model(openai_settings(victim.base_url), Path("unused-cache"))
+        received: list[str] = []
+        with pytest.raises(ModelServerError) as info:
+            for piece in model.stream(LONG, max_tokens=600, temperature=0.0):
+                received.append(piece)
+                if len(received) == 3:
+                    victim.kill()
+        assert len(received) >= 3
+        assert isinstance(info.value, KbError) and victim.base_url in info.value.message
+        assert "running" in info.value.hint
+
+        victim.start()
+        assert "4" in "".join(model.stream(QUESTION, max_tokens=8, temperature=0.0))
+    finally:
+        victim.kill()
+
+
+def test_server_down_fails_fast_with_a_hint() -> None:
+    port = free_port()  # nothing listens there
+    model = build_chat_model(openai_settings(f"http://127.0.0.1:{port}/v1", max_retries=2), Path("unused-cache"))
+    started = time.perf_counter()
+    with pytest.raises(ModelServerError) as info:
+        list(model.stream(QUESTION, 8, 0.0))
+    assert time.perf_counter() - started < 10  # two retries with backoff, never a long wait
+    assert "cannot reach" in info.value.message and "llm.base_url" in info.value.hint
+    assert model.context_length == N_CTX  # unreachable: falls back to llm.n_ctx instead of failing
+    assert model.count_tokens("你好 world") == estimate_tokens("你好 world")
+
+
+def test_silent_server_times_out() -> None:
+    """A server that accepts the connection but never answers is given up after llm.timeout_s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                accepted.append(listener.accept()[0])
+        except OSError:
+            pass
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        model = build_chat_model(openai_settings(url, model="m", timeout_s=0.5, max_retries=0), Path("unused-cache"))
+        started = time.perf_counter()
+        with pytest.raises(ModelServerError) as info:
+            list(model.stream(QUESTION, 8, 0.0))
+        assert time.perf_counter() - started < 5
+        assert "0.5 s" in info.value.message and "llm.timeout_s" in info.value.hint
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_wrong_key_names_the_setting(server: LlamaServer) -> None:
+    settings = LlmSettings(backend="openai", base_url=server.base_url, api_key="wrong", model="x")
+    with pytest.raises(ModelServerError) as info:
+        list(build_chat_model(settings, Path("unused-cache")).stream(QUESTION, 8, 0.0))
+    assert "401" in info.value.message and "llm.api_key" in info.value.hint
