@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench browser clean
+.PHONY: install run test lint bench system-deps clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/kb serve
 
-# Debian's Chromium drives the browser tests (Playwright cannot download its own browser offline).
-browser:
-	@command -v chromium >/dev/null 2>&1 && fc-list :lang=zh | grep -q . || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk)
+# Debian's Chromium drives the browser tests (Playwright cannot download its own browser offline);
+# tesseract with its Chinese (simplified, traditional) data reads scanned PDFs and pictures at ingest.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 && fc-list :lang=zh | grep -q . && tesseract --list-langs 2>/dev/null | grep -q chi_tra || (apt-get update -qq && apt-get install -y -qq chromium fonts-noto-cjk tesseract-ocr tesseract-ocr-chi-sim tesseract-ocr-chi-tra)
 
-test: install browser
+test: install system-deps
 	$(BIN)/pytest
 
 lint: install

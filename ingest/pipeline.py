@@ -1,7 +1,15 @@
-"""The ingest pipeline: load → split → embed → store, file by file, reporting every skip by name."""
+"""The ingest pipeline: load → split → embed → store, file by file, reporting every skip by name.
+
+Files are parsed in worker processes (``ingest.workers``) with a time and memory limit while the files before them
+are embedded here. Unchanged files (same size and mtime, else same sha256) are skipped without parsing; a file
+whose content is already stored under a name whose file is gone was moved, and is renamed without embedding; a
+copy of a stored file reuses its vectors. Every file that cannot be read is reported by name with the reason and
+recorded in the manifest as ``failed``; the rest of the batch always lands.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -12,11 +20,18 @@ import numpy as np
 
 from ingest.embedders import Embedder
 from ingest.knowledge_base import KnowledgeBase
-from ingest.loaders import LoaderRegistry, file_sha256
-from ingest.splitter import Splitter
-from kb_app.errors import KbError
+from ingest.loaders import LoaderRegistry, LoadOptions, file_sha256
+from ingest.loaders.base import escape_controls
+from ingest.manifest import FileRecord, path_of, path_text
+from ingest.splitter import Splitter, chunk_id
+from ingest.types import Chunk, LoadedDocument
+from ingest.workers import shared_pool
+from kb_app.errors import DocumentReadError, KbError
+from kb_app.settings import IngestSettings
 
 EMBED_BATCH = 16
+WRITE_BATCH_CHUNKS = 512  # chunks written to the stores together, at most (ingest.write_batch_files: files)
+STATUSES = ("added", "replaced", "renamed", "unchanged", "removed", "failed")
 
 
 class ProgressCallback(Protocol):
@@ -30,9 +45,9 @@ def _no_progress(fraction: float, message: str) -> None:
 @dataclass(frozen=True)
 class FileOutcome:
     source: str
-    status: str  # "added", "replaced", "unchanged" or "failed"
+    status: str  # "added", "replaced", "renamed", "unchanged", "removed" or "failed"
     chunks: int = 0
-    reason: str = ""
+    reason: str = ""  # why it failed; for the other statuses, notes (read by OCR, moved from...), if any
 
 
 @dataclass
@@ -52,7 +67,7 @@ class IngestReport:
         return sum(f.chunks for f in self.files if f.status in ("added", "replaced"))
 
     def summary(self) -> str:
-        counts = {s: len(self.by_status(s)) for s in ("added", "replaced", "unchanged", "failed")}
+        counts = {s: len(self.by_status(s)) for s in STATUSES}
         text = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing to do"
         return f"{text}; {self.chunks_added} chunks in {self.seconds:.1f} s"
 
@@ -69,51 +84,230 @@ def expand_paths(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
             yield path, path.name
 
 
+def load_options(settings: IngestSettings) -> LoadOptions:
+    return LoadOptions(
+        password=settings.password,
+        ocr=settings.ocr,
+        ocr_languages=settings.ocr_languages,
+        ocr_dpi=settings.ocr_dpi,
+        archive_max_files=settings.archive_max_files,
+        archive_max_mb=settings.archive_max_mb,
+        archive_max_ratio=settings.archive_max_ratio,
+        max_depth=settings.max_depth,
+    )
+
+
+@dataclass
+class _Queued:
+    """A file's chunks and vectors waiting to be written with the others of its batch."""
+
+    job: _Job
+    chunks: list[Chunk]
+    vectors: np.ndarray
+
+
+@dataclass
+class _Job:
+    """A file that has to be parsed, with what the check found out about it."""
+
+    index: int
+    path: Path
+    source: str
+    sha256: str
+    size: int
+    mtime: float
+    previous: FileRecord | None
+    notes: list[str]
+
+
 class Ingestor:
-    def __init__(self, registry: LoaderRegistry, splitter: Splitter, embedder: Embedder, kb: KnowledgeBase) -> None:
+    def __init__(
+        self,
+        registry: LoaderRegistry,
+        splitter: Splitter,
+        embedder: Embedder,
+        kb: KnowledgeBase,
+        settings: IngestSettings | None = None,
+    ) -> None:
         self._registry = registry
         self._splitter = splitter
         self._embedder = embedder
         self._kb = kb
+        kb_settings = getattr(kb, "settings", None)
+        self._settings = settings or (kb_settings.ingest if kb_settings is not None else IngestSettings())
+        self._batch: list[_Queued] = []
 
-    def ingest(self, files: Iterable[tuple[Path, str]], progress: ProgressCallback = _no_progress) -> IngestReport:
-        """Ingest ``(path, source)`` pairs; a file that fails is reported and the batch goes on."""
+    def ingest(
+        self,
+        files: Iterable[tuple[Path, str]],
+        progress: ProgressCallback = _no_progress,
+        retry_failed: bool = True,
+    ) -> IngestReport:
+        """Ingest ``(path, source)`` pairs; a file that fails is reported and the batch goes on.
+
+        ``retry_failed=False`` (sync) does not parse again a file that failed before and has not changed since.
+        """
         started = time.perf_counter()
+        self._batch = []
         todo = list(files)
-        report = IngestReport()
-        for i, (path, source) in enumerate(todo):
-
-            def step(fraction: float, i: int = i, source: str = source) -> None:
-                progress((i + fraction) / max(len(todo), 1), f"{source} ({i + 1}/{len(todo)})")
-
-            step(0.0)
+        total = max(len(todo), 1)
+        outcomes: list[FileOutcome | None] = [None] * len(todo)
+        jobs: list[_Job] = []
+        for i, (path, name) in enumerate(todo):
+            source = escape_controls(name)
+            notes = [] if source == name else [f"{source}: the name has control characters or undecodable bytes"]
             try:
-                report.files.append(self._ingest_one(path, source, step))
-            except KbError as exc:
-                report.files.append(FileOutcome(source, "failed", reason=str(exc)))
+                checked = self._check(i, Path(path), source, notes, retry_failed)
             except OSError as exc:
-                report.files.append(FileOutcome(source, "failed", reason=f"{source}: cannot read ({exc.strerror})"))
-        progress(1.0, "done")
-        report.seconds = time.perf_counter() - started
-        return report
+                checked = FileOutcome(source, "failed", reason=f"{source}: cannot read ({exc.strerror or exc})")
+            except KbError as exc:
+                checked = FileOutcome(source, "failed", reason=str(exc))
+            if isinstance(checked, _Job):
+                jobs.append(checked)
+            else:
+                outcomes[i] = checked
+        first = len(todo) - len(jobs)
+        progress(first / total, f"{len(jobs)} file(s) to read")
+        options = load_options(self._settings)
+        pool = shared_pool(self._settings.workers, self._settings.memory_mb)
+        results = pool.map(
+            self._registry.load_with_notes,
+            [(job.path, job.source, options) for job in jobs],
+            [job.source for job in jobs],
+            self._settings.timeout_s,
+        )
+        try:
+            for k, job in enumerate(jobs):
 
-    def _ingest_one(self, path: Path, source: str, step) -> FileOutcome:
-        previous = self._kb.manifest.get(source)
-        if previous and previous.status == "done" and path.is_file() and previous.sha256 == file_sha256(path):
+                def step(fraction: float, k: int = k, job: _Job = job) -> None:
+                    progress((first + k + fraction) / total, f"{job.source} ({first + k + 1}/{len(todo)})")
+
+                step(0.0)  # before waiting for its parse, so a long OCR shows the right name
+                result = next(results)
+                if result.error is not None:
+                    outcomes[job.index] = self._failed(job, result.error)
+                    continue
+                document, notes = result.value
+                try:
+                    outcomes[job.index] = self._ingest_document(job, document, job.notes + notes, step)
+                except KbError as exc:
+                    outcomes[job.index] = self._failed(job, exc)
+            self._flush()
+        finally:
+            results.close()
+            self._batch = []  # an error from a store: nothing queued was written, nothing of it is in the manifest
+        progress(1.0, "done")
+        return IngestReport(files=[o for o in outcomes if o is not None], seconds=time.perf_counter() - started)
+
+    def _check(self, index: int, path: Path, source: str, notes: list[str], retry_failed: bool) -> FileOutcome | _Job:
+        """What a file needs, decided without parsing it: nothing, a rename, a copy of stored vectors, or a parse."""
+        manifest = self._kb.manifest
+        stat = path.stat()
+        if not path.is_file():
+            raise DocumentReadError(f"{source}: not a regular file")
+        resolved, size, mtime = path_text(path), stat.st_size, stat.st_mtime
+        previous = manifest.get(source)
+        same_stat = previous is not None and (previous.path, previous.size, previous.mtime) == (resolved, size, mtime)
+        if previous and previous.status == "done" and same_stat:
             return FileOutcome(source, "unchanged", len(previous.chunk_ids))
-        document = self._registry.load(path, source)
+        if previous and previous.status == "failed" and not retry_failed:
+            # a failure is retried only when the file changes, or when a password now comes with a locked file
+            retry_failed = bool(self._settings.password) and "password" in previous.error.lower()
+        if previous and previous.status == "failed" and same_stat and not retry_failed:
+            return FileOutcome(source, "failed", reason=previous.error)
+        too_big = size > self._registry.max_file_mb * 1024 * 1024  # the parser reports it; no point hashing it
+        sha256 = "" if too_big else file_sha256(path)
+        if previous and previous.status == "done" and previous.sha256 == sha256:
+            manifest.touch(source, resolved, mtime)
+            return FileOutcome(source, "unchanged", len(previous.chunk_ids))
+        if previous and previous.status == "failed" and previous.sha256 == sha256 and not retry_failed:
+            manifest.touch(source, resolved, mtime)
+            return FileOutcome(source, "failed", reason=previous.error)
+        job = _Job(index, path, source, sha256, size, mtime, previous, notes)
+        if sha256 and (previous is None or previous.status != "done"):
+            twins = [r for r in manifest.by_sha256(sha256) if r.status == "done" and r.source != source]
+            # moved: its old file is gone; or the same file seen under another name (ingested from another root)
+            moved = [r for r in twins if r.path and (r.path == resolved or not path_of(r.path).exists())]
+            if moved and self._kb.rename_file(moved[0].source, source, resolved, mtime):
+                note = f"{source}: moved or renamed from {moved[0].source}; its vectors were kept"
+                return FileOutcome(source, "renamed", len(moved[0].chunk_ids), reason="; ".join([*notes, note]))
+            for twin in twins:
+                stored = self._kb.stored_chunks(twin.source)
+                if stored is not None:
+                    chunks, vectors = stored
+                    note = f"{source}: same content as {twin.source}; its vectors were reused"
+                    return self._write(job, chunks, vectors, [*notes, note], "added")
+        return job
+
+    def _ingest_document(self, job: _Job, document: LoadedDocument, notes: list[str], step) -> FileOutcome:
         chunks = self._splitter.split(document)
+        if not chunks:
+            raise DocumentReadError(f"{job.source}: no text found")
         vectors = []
         for start in range(0, len(chunks), EMBED_BATCH):
             vectors.extend(self._embedder.embed_passages([c.text for c in chunks[start : start + EMBED_BATCH]]))
             step(0.95 * min(start + EMBED_BATCH, len(chunks)) / len(chunks))
-        new_ids = [c.id for c in chunks]
-        keep = set(new_ids)
-        old_ids = [i for i in (previous.chunk_ids if previous else []) if i not in keep]
-        self._kb.manifest.begin(source, document.sha256, document.size, new_ids + old_ids)
-        self._kb.remove_chunks(old_ids)
-        self._kb.vectors.add(chunks, np.vstack(vectors))
-        self._kb.lexical.update(add=[(c.id, c.text) for c in chunks])
-        self._kb.manifest.begin(source, document.sha256, document.size, new_ids)
-        self._kb.manifest.commit(source)
-        return FileOutcome(source, "replaced" if previous else "added", len(chunks))
+        job.sha256, job.size = document.sha256, document.size
+        status = "replaced" if job.previous and job.previous.status == "done" else "added"
+        return self._write(job, chunks, np.vstack(vectors), notes, status)
+
+    def _write(self, job: _Job, chunks: list[Chunk], vectors: np.ndarray, notes: list[str], status: str) -> FileOutcome:
+        """Queue one file's chunks for the next batched write (see :meth:`_flush`)."""
+        if any(item.job.source == job.source for item in self._batch):
+            self._flush()
+        self._batch.append(_Queued(job, self._own_ids(job.source, job.sha256, chunks), vectors))
+        queued_chunks = sum(len(item.chunks) for item in self._batch)
+        if len(self._batch) >= self._settings.write_batch_files or queued_chunks >= WRITE_BATCH_CHUNKS:
+            self._flush()
+        return FileOutcome(job.source, status, len(chunks), reason="; ".join(notes))
+
+    def _flush(self) -> None:
+        """Write the queued files with one write per store: each file ``pending`` in the manifest first (listing
+        the ids it is about to get and to lose), then Chroma, then the lexical index, then each file ``done``.
+        A crash anywhere in between leaves pending rows, whose chunks ``KnowledgeBase.recover`` removes."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        manifest = self._kb.manifest
+        old_ids: list[str] = []
+        rows = []
+        with manifest.transaction():
+            for item in batch:
+                job, previous = item.job, manifest.get(item.job.source)
+                new_ids = [c.id for c in item.chunks]
+                keep = set(new_ids)
+                old = [i for i in (previous.chunk_ids if previous else []) if i not in keep]
+                path = path_text(job.path)
+                manifest.begin(job.source, job.sha256, job.size, new_ids + old, path, job.mtime)
+                old_ids += old
+                rows.append((job, new_ids, path))
+        self._kb.vectors.delete(old_ids)
+        self._kb.vectors.add([c for item in batch for c in item.chunks], np.vstack([item.vectors for item in batch]))
+        self._kb.lexical.update(add=[(c.id, c.text) for item in batch for c in item.chunks], remove=old_ids)
+        with manifest.transaction():
+            for job, new_ids, path in rows:
+                manifest.begin(job.source, job.sha256, job.size, new_ids, path, job.mtime)
+                manifest.commit(job.source)
+
+    def _own_ids(self, source: str, sha256: str, chunks: list[Chunk]) -> list[Chunk]:
+        """Chunk ids are derived from (name, content); a renamed file keeps its old ids, so a new file under its
+        old name with the same content would collide with them: such chunks get ids of their own."""
+        taken = {i for r in self._kb.manifest.by_sha256(sha256) if r.source != source for i in r.chunk_ids}
+        salt = 0
+        while True:
+            name = source if salt == 0 else f"{source}\x00{salt}"
+            renamed = [
+                dataclasses.replace(c, id=chunk_id(name, sha256, n), source=source, sha256=sha256)
+                for n, c in enumerate(chunks)
+            ]
+            if not taken.intersection(c.id for c in renamed):
+                return renamed
+            salt += 1
+
+    def _failed(self, job: _Job, error: KbError) -> FileOutcome:
+        previous = job.previous
+        if previous is not None and previous.status == "done":
+            error = type(error)(f"{error.message} (the version ingested before is kept)", error.hint)
+        else:
+            self._kb.manifest.fail(job.source, job.sha256, job.size, str(error), path_text(job.path), job.mtime)
+        return FileOutcome(job.source, "failed", reason=str(error))

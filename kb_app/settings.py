@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -122,7 +122,7 @@ class LlmSettings(BaseModel):
     # openai backend
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server, up to and with /v1.")
     model: str | None = Field(None, description="Model name on the server; default: the first it lists.")
-    api_key: SecretStr | None = Field(None, description="Bearer key for the server, if it wants one.")
+    api_key: str | None = Field(None, repr=False, description="Bearer key for the server, if it wants one.")
     timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for the server to answer or send a token.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached, before any token.")
     tokenizer_path: str | None = Field(
@@ -144,6 +144,7 @@ class IngestSettings(BaseModel):
     archive_max_mb: int = Field(500, ge=1, description="Total size a zip (or a mail's attachments) may unpack to.")
     archive_max_ratio: int = Field(200, ge=10, description="Compression ratio over which a large member is a bomb.")
     max_depth: int = Field(3, ge=0, description="Nesting of archives and attachments that is followed.")
+    write_batch_files: int = Field(32, ge=1, description="Files written to the stores together (one write each).")
 
 
 class ChatSettings(BaseModel):

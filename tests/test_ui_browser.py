@@ -55,7 +55,7 @@ def free_port() -> int:
 def chromium_path() -> str:
     path = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
-        pytest.fail("Chromium is missing: the browser tests drive Debian's chromium (run `make browser`)")
+        pytest.fail("Chromium is missing: the browser tests drive Debian's chromium (run `make system-deps`)")
     return path
 
 
