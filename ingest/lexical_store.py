@@ -1,15 +1,15 @@
 """The lexical index: BM25 (bm25s) over jieba tokens, kept on disk beside the knowledge base.
 
 Tokens are stored per chunk so an update re-tokenizes only new chunks; the BM25 matrix is rebuilt
-(seconds even at 100k chunks) when the chunk set changes, never per query.
+(seconds even at 100k chunks) on the first search after the chunk set changed, never per query.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
+import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -27,35 +27,22 @@ def tokenize(text: str) -> list[str]:
 
 
 class Bm25Store:
-    """Token lists per chunk id (``tokens.jsonl``) and a BM25 index built from them on demand."""
+    """Token lists per chunk id in SQLite (``tokens.sqlite``) and a BM25 index built from them on demand.
+
+    Adding or deleting a document writes only its own rows, so a delete stays fast at 100k chunks.
+    """
 
     def __init__(self, directory: Path) -> None:
-        self._dir = directory
-        self._file = directory / "tokens.jsonl"
+        directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._tokens: dict[str, list[str]] = self._read()
+        self._db = sqlite3.connect(str(directory / "tokens.sqlite"), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, t TEXT NOT NULL)")
+        self._tokens: dict[str, list[str]] = {
+            cid: json.loads(toks) for cid, toks in self._db.execute("SELECT id, t FROM tokens")
+        }
         self._index = None
         self._ids: list[str] = []
-
-    def _read(self) -> dict[str, list[str]]:
-        if not self._file.exists():
-            return {}
-        tokens: dict[str, list[str]] = {}
-        with self._file.open(encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                tokens[row["id"]] = row["t"]
-        return tokens
-
-    def _write(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._file.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for cid, toks in self._tokens.items():
-                fh.write(json.dumps({"id": cid, "t": toks}, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self._file)
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -64,13 +51,23 @@ class Bm25Store:
         return set(self._tokens)
 
     def update(self, add: Iterable[tuple[str, str]] = (), remove: Sequence[str] = ()) -> None:
-        """Add ``(id, text)`` pairs and remove ids, then persist atomically."""
+        """Add ``(id, text)`` pairs and remove ids in one transaction."""
+        added = [(cid, tokenize(text)) for cid, text in add]
         with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("DELETE FROM tokens WHERE id = ?", [(cid,) for cid in remove])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO tokens VALUES (?, ?)",
+                    [(cid, json.dumps(toks, ensure_ascii=False)) for cid, toks in added],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             for cid in remove:
                 self._tokens.pop(cid, None)
-            for cid, text in add:
-                self._tokens[cid] = tokenize(text)
-            self._write()
+            self._tokens.update(added)
             self._index = None
 
     def _ensure_index(self):
