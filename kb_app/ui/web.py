@@ -57,18 +57,25 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
     def files_table(kb: str) -> list[list]:
         return [[r.source, len(r.chunk_ids), r.size] for r in assistant.files(kb)]
 
-    def on_upload(paths: list[str] | None, kb: str, progress: gr.Progress = gr.Progress()):  # noqa: B008
-        if not paths:
-            return gr.update(), gr.update(), gr.update()
+    def on_upload(
+        paths: list[str] | None,
+        kb: str,
+        seen: list[str],
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
+    ):
+        """Ingest what was just dropped; the upload box keeps earlier drops, and those are not sent again."""
+        new = [p for p in paths or [] if p not in seen]
+        if not new:
+            return gr.update(), gr.update(), gr.update(), seen
         kb = (kb or default_kb).strip()
         report = assistant.ingest(
-            [Path(p) for p in paths],
+            [Path(p) for p in new],
             kb=kb,
             progress=lambda fraction, message: progress(fraction, desc=message),
         )
         lines = [f"**{kb}**: {report.summary()}"]
         lines += [f"- ⚠️ {f.reason.splitlines()[0]}" for f in report.failed]
-        return "\n".join(lines), files_table(kb), gr.update(choices=kb_choices(), value=kb)
+        return "\n".join(lines), files_table(kb), gr.update(choices=kb_choices(), value=kb), [*seen, *new]
 
     def on_kb_change(kb: str):
         return files_table(kb) if kb in assistant.list_knowledge_bases() else []
@@ -140,7 +147,8 @@ def build_ui(assistant: Assistant) -> gr.Blocks:
                     )
                     send = gr.Button("Ask 提问", variant="primary", scale=1, elem_id="send")
 
-        upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb]).then(lambda: None, outputs=upload)
+        uploaded = gr.State([])
+        upload.upload(on_upload, inputs=[upload, kb, uploaded], outputs=[status, table, kb, uploaded])
         kb.change(on_kb_change, inputs=kb, outputs=table)
         delete.click(on_delete, inputs=kb, outputs=[kb, table, status])
         for trigger in (question.submit, send.click):
