@@ -135,13 +135,32 @@ def calibrate(results: list[EvalResult]) -> dict | None:
         print(
             f"| {t:.4f}{' (edge)' if t == best else ''} | " + " | ".join(cells) + f" | {fmt(rate(unanswerable, t))} |"
         )
-    summary = {
+    summary: dict = {
         "threshold_max": best,
         "recommended": rounded,
         "false_refusal": {n: rate(vs, rounded) for n, vs in answerable.items()},
         "abstention_unanswerable": rate(unanswerable, rounded),
     }
-    print(f"\nRecommended retrieval.min_dense_score: {rounded:.3f} (edge {best:.4f}): {summary}")
+    print(f"\nOne threshold for all languages: {rounded:.3f} (edge {best:.4f}): {summary}")
+    # min_dense_score is per question language: the same rule applied to each language on its own.
+    per_language = {}
+    for name, values in answerable.items():
+        edge = max(t for t in candidates if rate(values, t) <= MAX_FALSE_REFUSAL)
+        t = math.floor(edge * 200) / 200
+        per_language[SETS[name].language] = {
+            "recommended": t,
+            "edge": edge,
+            "false_refusal": rate(values, t),
+            "abstention_unanswerable": rate(unanswerable, t) if SETS[name].language == "en" else None,
+        }
+    summary["per_language"] = per_language
+    print("Per language (no zh unanswerable set: the zh value only bounds false refusals):")
+    for language, c in per_language.items():
+        abstention = c["abstention_unanswerable"]
+        print(
+            f"  {language}: {c['recommended']:.3f} (edge {c['edge']:.4f}), false refusal {c['false_refusal']:.3f}"
+            + (f", abstention on unanswerable {abstention:.3f}" if abstention is not None else "")
+        )
     return summary
 
 
@@ -153,18 +172,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SETS), help=f"eval sets (comma-separated) of {list(SETS)}")
     parser.add_argument("--chunk-size", type=int, default=None, help="splitter.chunk_size (default: settings)")
     parser.add_argument("--chunk-overlap", type=int, default=None, help="splitter.chunk_overlap")
+    parser.add_argument("--rerank", default=None, help="rerank.backend: overlap, cross_encoder, none")
     parser.add_argument("--home", type=Path, default=RESULTS / "kb_home", help="KB_HOME for the eval KBs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     settings = load_settings(
         home=args.home,
-        **{"splitter.chunk_size": args.chunk_size, "splitter.chunk_overlap": args.chunk_overlap},
+        **{
+            "splitter.chunk_size": args.chunk_size,
+            "splitter.chunk_overlap": args.chunk_overlap,
+            "rerank.backend": args.rerank,
+        },
     )
     assistant = Assistant(settings)
     modes = [m for m in args.modes.split(",") if m]
     generate_modes = set(args.generate_modes.split(","))
-    tag = f"c{settings.splitter.chunk_size}-o{settings.splitter.chunk_overlap}"
+    tag = f"c{settings.splitter.chunk_size}-o{settings.splitter.chunk_overlap}-rerank_{settings.rerank.backend}"
     results: list[EvalResult] = []
     for set_name in [s for s in args.sets.split(",") if s]:
         spec = SETS[set_name]
@@ -186,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nchunk_size {settings.splitter.chunk_size}, overlap {settings.splitter.chunk_overlap}, "
-        f"embedder {settings.embedding.backend}, top-k for refusal {settings.retrieval.top_k}, "
+        f"embedder {settings.embedding.backend}, rerank {settings.rerank.backend} for "
+        f"{','.join(settings.rerank.languages)}, top-k for refusal {settings.retrieval.top_k}, "
         f"min_dense_score {settings.retrieval.min_dense_score}"
     )
     print_table(results)
@@ -202,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             "chunk_size": settings.splitter.chunk_size,
             "chunk_overlap": settings.splitter.chunk_overlap,
             "embedder": settings.embedding.backend,
+            "rerank": settings.rerank.backend,
             "top_k": settings.retrieval.top_k,
         },
         "results": [{"set": r.name, "mode": r.mode, **r.metrics} for r in results],

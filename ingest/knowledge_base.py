@@ -37,12 +37,30 @@ class KnowledgeBase:
         return kb
 
     def recover(self) -> list[str]:
-        """Remove the chunks of files whose ingest never finished; returns their sources."""
+        """Remove the chunks of files whose ingest never finished; returns their sources.
+
+        Then bring the lexical index in line with the manifest: a lost or partly written index would otherwise
+        turn hybrid retrieval into dense-only for good, since re-ingesting skips unchanged files.
+        """
         broken = self.manifest.pending()
         for record in broken:
             self.remove_chunks(record.chunk_ids)
             self.manifest.remove(record.source)
+        self.repair_lexical()
         return [r.source for r in broken]
+
+    def repair_lexical(self, batch: int = 500) -> int:
+        """Index stored chunks the lexical index lacks and drop ids no file owns; returns how many were added."""
+        owned = [cid for record in self.manifest.all() for cid in record.chunk_ids]
+        indexed = self.lexical.ids()
+        missing = [cid for cid in owned if cid not in indexed]
+        orphans = indexed - set(owned)
+        if orphans:
+            self.lexical.update(remove=sorted(orphans))
+        for start in range(0, len(missing), batch):
+            chunks = self.vectors.get(missing[start : start + batch])
+            self.lexical.update(add=[(c.id, c.text) for c in chunks])
+        return len(missing)
 
     def remove_chunks(self, ids: list[str]) -> None:
         self.vectors.delete(ids)

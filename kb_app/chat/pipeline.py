@@ -62,8 +62,9 @@ class ChatPipeline:
     def has_evidence(self, hits: list[Hit], language: Language) -> bool:
         """Whether retrieval found something close enough to answer from; a small model should not decide this."""
         scores = [h.dense_score for h in hits if h.dense_score is not None]
-        threshold = self._retrieval.min_dense_score.get(language, 0.0)
-        return bool(scores) and max(scores) >= threshold
+        if not scores:  # lexical-only retrieval has no calibrated similarity: any match is the evidence
+            return bool(hits)
+        return max(scores) >= self._retrieval.min_dense_score.get(language, 0.0)
 
     def standalone(self, question: str, history: list[Message], language: Language) -> str:
         """The follow-up rewritten by the model into a question that stands alone; the question if no history.
