@@ -1,0 +1,72 @@
+"""Answer-quality gate (issue 5 targets): retrieval, generated answers and abstention with the default settings.
+
+Runs the hybrid pipeline on ../shared/eval/{zh_dev,en_dev,en_dev_unanswerable}.jsonl, prints one table of
+measured figure against target, and exits 1 when any target is missed. Generation is the slow part (a few
+seconds a question on 2 cores): ``--generate N`` answers the first N questions of each set (0: retrieval only).
+
+    .venv/bin/python bench/quality.py --generate 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.retrieval import RESULTS, SETS, kb_name  # noqa: E402
+from kb_app.assistant import Assistant  # noqa: E402
+from kb_app.evaluation import evaluate  # noqa: E402
+from kb_app.settings import load_settings  # noqa: E402
+
+# (set, metric, target, higher is better)
+TARGETS = [
+    ("zh_dev", "AnswerHit@1", 0.90, True),
+    ("zh_dev", "AnswerHit@5", 0.99, True),
+    ("en_dev", "AnswerHit@1", 0.85, True),
+    ("en_dev", "AnswerHit@5", 0.95, True),
+    ("zh_dev", "Contains", 0.75, True),
+    ("en_dev", "Contains", 0.70, True),
+    ("en_dev_unanswerable", "abstention_rate", 0.80, True),
+    ("en_dev", "refusal_rate", 0.10, False),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generate", type=int, default=50, metavar="N", help="answer the first N of each set")
+    parser.add_argument("--home", type=Path, default=RESULTS / "kb_home", help="KB_HOME for the eval KBs")
+    args = parser.parse_args(argv)
+
+    settings = load_settings(home=args.home)
+    assistant = Assistant(settings)
+    metrics: dict[str, dict[str, float]] = {}
+    for name, eval_set in SETS.items():
+        result = evaluate(
+            assistant,
+            eval_set.qa,
+            eval_set.docs,
+            kb_name(settings, eval_set.language),
+            run_path=RESULTS / f"quality_{name}.jsonl",
+            generate=args.generate,
+            language=eval_set.language,  # type: ignore[arg-type]
+        )
+        metrics[name] = result.metrics
+
+    missed = 0
+    print("| set | metric | measured | target |\n|---|---|---|---|")
+    for name, metric, target, higher in TARGETS:
+        value = metrics[name].get(metric)
+        ok = value is not None and (value >= target if higher else value <= target)
+        missed += not ok
+        shown = "not measured" if value is None else f"{value:.3f}"
+        print(f"| {name} | {metric} | {shown} | {'≥' if higher else '≤'} {target:.2f} {'' if ok else '✗'} |")
+    zh_len, en_len = metrics["zh_dev"]["mean_chunk_len"], metrics["en_dev"]["mean_chunk_len"]
+    print(f"\nmean chunk length: zh {zh_len:.0f}, en {en_len:.0f} characters")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
