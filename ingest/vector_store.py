@@ -92,8 +92,6 @@ class ChromaVectorStore:
             self._collection.delete(ids=list(ids))
 
     def query(self, embedding: np.ndarray, k: int) -> list[StoredChunk]:
-        if self.count() == 0:
-            return []
         result = self._collection.query(
             query_embeddings=[embedding], n_results=k, include=["documents", "metadatas", "distances"]
         )

@@ -20,9 +20,9 @@ from kb_app.chat.prompt import PromptBuilder
 from kb_app.errors import KnowledgeBaseNotFoundError
 from kb_app.models.base import ChatModel, Message
 from kb_app.models.factory import build_chat_model
-from kb_app.retrieval.base import Hit
+from kb_app.retrieval.base import Hit, Retriever
 from kb_app.retrieval.factory import build_retriever
-from kb_app.settings import Settings
+from kb_app.settings import RetrievalSettings, Settings
 
 # Nothing kb runs may reach a model hub or send telemetry; fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -95,18 +95,25 @@ class Assistant:
         with self._ingest_lock:
             return ingestor.ingest(files, progress) if progress else ingestor.ingest(files)
 
-    def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:
-        knowledge_base = self.knowledge_base(kb, create=False)
-        retriever = build_retriever(self.settings.retrieval, self.embedder, knowledge_base, self.settings.rerank)
-        return retriever.retrieve(query, k or self.settings.retrieval.top_k)
+    def retriever(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> Retriever:
+        """The configured retriever over ``kb``; ``retrieval`` overrides the settings (``kb eval`` compares modes)."""
+        return build_retriever(
+            retrieval or self.settings.retrieval,
+            self.embedder,
+            self.knowledge_base(kb, create=False),
+            self.settings.rerank,
+        )
 
-    def pipeline(self, kb: str | None = None) -> ChatPipeline:
-        knowledge_base = self.knowledge_base(kb, create=False)
+    def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:
+        return self.retriever(kb).retrieve(query, k or self.settings.retrieval.top_k)
+
+    def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
+        retrieval = retrieval or self.settings.retrieval
         return ChatPipeline(
-            retriever=build_retriever(self.settings.retrieval, self.embedder, knowledge_base, self.settings.rerank),
+            retriever=self.retriever(kb, retrieval),
             model=self.model,
             prompts=PromptBuilder(self.settings.prompts_dir),
-            retrieval=self.settings.retrieval,
+            retrieval=retrieval,
             llm=self.settings.llm,
             chat=self.settings.chat,
         )

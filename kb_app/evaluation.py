@@ -26,10 +26,8 @@ from tqdm import tqdm
 from ingest.pipeline import IngestReport
 from kb_app.assistant import Assistant
 from kb_app.chat.language import Language, detect_language
-from kb_app.chat.pipeline import ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
-from kb_app.retrieval.base import Hit, Retriever
-from kb_app.retrieval.factory import build_retriever
+from kb_app.retrieval.base import Hit
 from kb_app.settings import RetrievalSettings
 
 CUTOFFS: tuple[int, ...] = (1, 3, 5, 10)
@@ -151,24 +149,6 @@ def retrieval_settings(assistant: Assistant, mode: str | None) -> RetrievalSetti
     return base if mode is None else base.model_copy(update={"mode": mode})
 
 
-def build_eval_retriever(assistant: Assistant, kb: str, retrieval: RetrievalSettings) -> Retriever:
-    return build_retriever(
-        retrieval, assistant.embedder, assistant.knowledge_base(kb, create=False), assistant.settings.rerank
-    )
-
-
-def build_eval_pipeline(assistant: Assistant, kb: str, retrieval: RetrievalSettings) -> ChatPipeline:
-    """Like ``Assistant.pipeline``, but with the given retrieval settings."""
-    return ChatPipeline(
-        retriever=build_eval_retriever(assistant, kb, retrieval),
-        model=assistant.model,
-        prompts=PromptBuilder(assistant.settings.prompts_dir),
-        retrieval=retrieval,
-        llm=assistant.settings.llm,
-        chat=assistant.settings.chat,
-    )
-
-
 def max_dense(hits: Sequence[Hit]) -> float | None:
     """The best cosine among ``hits``: the evidence the pipeline refuses on."""
     scores = [h.dense_score for h in hits if h.dense_score is not None]
@@ -186,8 +166,8 @@ def run_questions(
 ) -> list[RunRow]:
     """Retrieve the top ``k`` for every question; for the first ``generate`` also answer with the pipeline."""
     retrieval = retrieval_settings(assistant, mode)
-    retriever = build_eval_retriever(assistant, kb, retrieval)
-    pipeline = build_eval_pipeline(assistant, kb, retrieval) if generate else None
+    retriever = assistant.retriever(kb, retrieval)
+    pipeline = assistant.pipeline(kb, retrieval) if generate else None
     refusals = {PromptBuilder(assistant.settings.prompts_dir).refusal(lang) for lang in ("zh", "en")}
     results = []
     label = f"{kb} {retrieval.mode}"

@@ -7,12 +7,13 @@ import numpy as np
 from ingest.embedders import Embedder
 from ingest.vector_store import ChromaVectorStore
 from kb_app.retrieval.base import Hit, Retriever
+from kb_app.retrieval.dense import DenseRetriever
 
 
 class HybridRetriever:
     def __init__(
         self,
-        dense: Retriever,
+        dense: DenseRetriever,
         lexical: Retriever,
         embedder: Embedder,
         vectors: ChromaVectorStore,
@@ -32,18 +33,22 @@ class HybridRetriever:
         dense_scores: dict[str, float] = {}
         lexical_scores: dict[str, float] = {}
         chunks = {}
-        for leg, scores in ((self._dense, dense_scores), (self._lexical, lexical_scores)):
-            for rank, hit in enumerate(leg.retrieve(query, fetch)):
+        query_vector = self._embedder.embed_query(query)
+        legs = (
+            (self._dense.retrieve_vector(query_vector, fetch), dense_scores),
+            (self._lexical.retrieve(query, fetch), lexical_scores),
+        )
+        for hits, scores in legs:
+            for rank, hit in enumerate(hits):
                 fused[hit.chunk.id] = fused.get(hit.chunk.id, 0.0) + 1.0 / (self._rrf_k + rank + 1)
                 scores[hit.chunk.id] = hit.score
                 chunks[hit.chunk.id] = hit.chunk
         best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
-        dense_scores.update(self._cosines(query, [i for i in best if i not in dense_scores]))
+        dense_scores.update(self._cosines(query_vector, [i for i in best if i not in dense_scores]))
         return [Hit(chunks[i], fused[i], dense_scores.get(i), lexical_scores.get(i)) for i in best]
 
-    def _cosines(self, query: str, ids: list[str]) -> dict[str, float]:
+    def _cosines(self, query_vector: np.ndarray, ids: list[str]) -> dict[str, float]:
         """Cosine for hits found only lexically, so refusal judges every hit on one scale."""
         if not ids:
             return {}
-        q = self._embedder.embed_query(query)
-        return {cid: float(np.dot(vec, q)) for cid, vec in self._vectors.embeddings(ids).items()}
+        return {cid: float(np.dot(vec, query_vector)) for cid, vec in self._vectors.embeddings(ids).items()}
