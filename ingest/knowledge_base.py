@@ -59,7 +59,7 @@ class KnowledgeBase:
             self.lexical.update(remove=sorted(orphans))
         for start in range(0, len(missing), batch):
             chunks = self.vectors.get(missing[start : start + batch])
-            self.lexical.update(add=[(c.id, c.text) for c in chunks])
+            self.lexical.update(add=[(c.id, c.indexed_text) for c in chunks])
         return len(missing)
 
     def remove_chunks(self, ids: list[str]) -> None:
@@ -100,7 +100,7 @@ class KnowledgeBase:
         if len(stored) != len(record.chunk_ids) or len(vectors) != len(stored):
             return False
         self.manifest.move(old, new, path, mtime)
-        chunks = [Chunk(c.id, c.text, new, c.page, c.start, c.end, record.sha256) for c in stored]
+        chunks = [Chunk(c.id, c.text, new, c.page, c.start, c.end, record.sha256, c.heading) for c in stored]
         if chunks:
             self.vectors.add(chunks, np.vstack([vectors[c.id] for c in chunks]))
         self.manifest.commit(new)
@@ -115,5 +115,5 @@ class KnowledgeBase:
         vectors = self.vectors.embeddings(record.chunk_ids)
         if len(stored) != len(record.chunk_ids) or len(vectors) != len(stored):
             return None
-        chunks = [Chunk(c.id, c.text, source, c.page, c.start, c.end, record.sha256) for c in stored]
+        chunks = [Chunk(c.id, c.text, source, c.page, c.start, c.end, record.sha256, c.heading) for c in stored]
         return chunks, np.vstack([vectors[c.id] for c in chunks])

@@ -245,7 +245,7 @@ class Ingestor:
             raise DocumentReadError(f"{job.source}: no text found")
         vectors = []
         for start in range(0, len(chunks), EMBED_BATCH):
-            vectors.extend(self._embedder.embed_passages([c.text for c in chunks[start : start + EMBED_BATCH]]))
+            vectors.extend(self._embedder.embed_passages([c.indexed_text for c in chunks[start : start + EMBED_BATCH]]))
             step(0.95 * min(start + EMBED_BATCH, len(chunks)) / len(chunks))
         job.sha256, job.size = document.sha256, document.size
         status = "replaced" if job.previous and job.previous.status == "done" else "added"
@@ -283,7 +283,7 @@ class Ingestor:
                 rows.append((job, new_ids, path))
         self._kb.vectors.delete(old_ids)
         self._kb.vectors.add([c for item in batch for c in item.chunks], np.vstack([item.vectors for item in batch]))
-        self._kb.lexical.update(add=[(c.id, c.text) for item in batch for c in item.chunks], remove=old_ids)
+        self._kb.lexical.update(add=[(c.id, c.indexed_text) for item in batch for c in item.chunks], remove=old_ids)
         with manifest.transaction():
             for job, new_ids, path in rows:
                 manifest.begin(job.source, job.sha256, job.size, new_ids, path, job.mtime)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.types import Chunk
+from ingest.types import Chunk, indexed_text
 from kb_app.errors import KbError
 from kb_app.settings import StoreSettings
 
@@ -31,6 +31,11 @@ class StoredChunk:
     start: int
     end: int
     score: float
+    heading: str = ""
+
+    @property
+    def indexed_text(self) -> str:
+        return indexed_text(self.heading, self.text)
 
 
 def collection_name(kb: str) -> str:
@@ -134,6 +139,7 @@ def _stored(cid: str, doc: str | None, meta, score: float) -> StoredChunk:
         start=int(meta.get("start", 0)),
         end=int(meta.get("end", 0)),
         score=score,
+        heading=str(meta.get("heading", "")),
     )
 
 

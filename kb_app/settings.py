@@ -75,13 +75,23 @@ class RetrievalSettings(BaseModel):
 
 
 class RerankSettings(BaseModel):
-    """Reordering of the fused candidates; measured on the dev sets, kept only for the languages it helps."""
+    """Reordering of the fused candidates before the top ``k`` are cut; weights calibrated on the dev sets.
 
-    backend: Literal["overlap", "cross_encoder", "none"] = "overlap"
+    ``blend`` (offline default) adds three signals per candidate: its fused rank, the IDF mass of the question's
+    terms it contains, and its cosine to the question; the weights are per question language.
+    """
+
+    backend: Literal["blend", "cross_encoder", "none"] = "blend"
     model_path: Path | None = Field(None, description="A local CrossEncoder directory (backend: cross_encoder).")
-    languages: list[str] = Field(["zh"], description="Question languages the reranker runs for.")
+    languages: list[str] = Field(["zh", "en"], description="Question languages the reranker runs for.")
     candidates: int = Field(30, ge=1, description="How many fused candidates are reranked.")
     rank_weight: float = Field(1.0, ge=0, description="Weight of the fused rank against the reranker's score.")
+    lexical_weight: dict[str, float] = Field(
+        {"zh": 2.0, "en": 1.0}, description="blend: weight of the question-term overlap, per question language."
+    )
+    dense_weight: dict[str, float] = Field(
+        {"zh": 1.0, "en": 2.0}, description="blend: weight of the cosine to the question, per question language."
+    )
 
 
 class LlmSettings(BaseModel):

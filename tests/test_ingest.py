@@ -9,9 +9,10 @@ import pytest
 
 from ingest.knowledge_base import KnowledgeBase
 from ingest.loaders import LoaderRegistry
+from ingest.splitter import RecursiveSplitter
 from kb_app.assistant import Assistant
 from kb_app.errors import DocumentReadError, UnsupportedFileError
-from kb_app.settings import Settings
+from kb_app.settings import Settings, SplitterSettings
 from tests.conftest import shared_path
 
 ZH_TEXT = "蓝鲸公司的报销流程分三步：提交发票，部门经理审批，财务在五个工作日内付款。"
@@ -42,6 +43,22 @@ def test_markdown_html_and_docx(tmp_path: Path, registry: LoaderRegistry) -> Non
     assert EN_TEXT in registry.load(tmp_path / "a.md", "a.md").pages[0].text
     assert ZH_TEXT in registry.load(tmp_path / "b.html", "b.html").pages[0].text
     assert EN_TEXT in registry.load(tmp_path / "c.docx", "c.docx").pages[0].text
+
+
+def test_html_and_word_headings_reach_the_chunks_heading_path(tmp_path: Path, registry: LoaderRegistry) -> None:
+    (tmp_path / "a.html").write_text(
+        f"<html><head><title>Handbook</title></head><body><h2>Travel</h2><p>{EN_TEXT}</p></body></html>",
+        encoding="utf-8",
+    )
+    document = docx.Document()
+    document.add_heading("Handbook", 0)
+    document.add_heading("Travel", 1)
+    document.add_paragraph(EN_TEXT)
+    document.save(str(tmp_path / "b.docx"))
+    splitter = RecursiveSplitter(SplitterSettings())
+    for name in ("a.html", "b.docx"):
+        chunks = splitter.split(registry.load(tmp_path / name, name))
+        assert [c.heading for c in chunks] == ["Handbook › Travel"], name
 
 
 def test_pdf_keeps_page_numbers() -> None:

@@ -60,3 +60,31 @@ def test_chunk_ids_are_stable_and_depend_on_name_and_content() -> None:
     assert chunk_id("a.txt", "1" * 64, 0) != chunk_id("b.txt", "1" * 64, 0)
     assert chunk_id("a.txt", "1" * 64, 0) != chunk_id("a.txt", "2" * 64, 0)
     assert chunk_id("a.txt", "1" * 64, 0) != chunk_id("a.txt", "1" * 64, 1)
+
+
+def test_a_first_line_that_stands_alone_is_the_title_of_every_chunk() -> None:
+    splitter = RecursiveSplitter(SplitterSettings(chunk_size=200, chunk_overlap=40))
+    chunks = splitter.split(_doc("Travel policy 2024\n\n" + EN))
+    assert len(chunks) > 3
+    assert {c.heading for c in chunks} == {"Travel policy 2024"}
+    assert all("Travel policy 2024" not in c.text for c in chunks[1:])
+    assert chunks[1].indexed_text == f"Travel policy 2024\n{chunks[1].text}"
+
+
+def test_without_a_title_line_the_file_name_is_the_title() -> None:
+    document = LoadedDocument(source="sub/travel_policy.txt", path=Path("x"), sha256="0" * 64, size=1, pages=[Page(EN)])
+    chunks = RecursiveSplitter(SplitterSettings(chunk_size=200, chunk_overlap=40)).split(document)
+    assert {c.heading for c in chunks} == {"travel policy"}
+
+
+def test_markdown_headings_nest_into_a_heading_path() -> None:
+    text = f"# 员工手册\n\n{ZH[:150]}\n\n## 休假\n\n{ZH[:150]}\n\n### 病假\n\n{ZH[:150]}\n\n## 报销\n\n{ZH[:150]}"
+    chunks = RecursiveSplitter(SplitterSettings(chunk_size=170, chunk_overlap=0)).split(_doc(text))
+    by_start = {c.text.splitlines()[0]: c.heading for c in chunks if c.text.startswith("#")}
+    assert by_start == {
+        "# 员工手册": "员工手册",
+        "## 休假": "员工手册 › 休假",
+        "### 病假": "员工手册 › 休假 › 病假",
+        "## 报销": "员工手册 › 报销",
+    }
+    assert chunks[-1].heading == "员工手册 › 报销"

@@ -22,6 +22,7 @@ _BLOCK = {
     "main", "nav", "ol", "p", "pre", "section", "summary", "ul", "caption", "center", "title", "option", "table",
     "tbody", "thead", "tfoot", "tr", "td", "th",
 }  # fmt: skip
+_HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
 LAYOUT_CELL_CHARS = 400  # a cell holding more prose than this means the table lays out a page, not data
@@ -104,6 +105,8 @@ def _walk(element, out: _Writer, pre: bool = False) -> None:
             out.newline()
         elif tag in _BLOCK:
             out.flush()
+            if tag in _HEADINGS:  # kept as a Markdown heading, so the splitter knows the section
+                out.text("#" * _HEADINGS[tag] + " ")
             inner_pre = pre or tag == "pre"
             out.text(child.text, inner_pre)
             _walk(child, out, inner_pre)

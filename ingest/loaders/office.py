@@ -7,6 +7,7 @@ Excel gives one block per sheet, each row a line of ``column: value`` pairs.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,21 @@ def _paragraph_text(p) -> str:
     return "".join(parts).strip()
 
 
+_HEADING_STYLE = re.compile(r"^(?:heading|标题)\s*([1-6])$", re.IGNORECASE)
+
+
+def _heading_levels(document) -> dict[str, int]:
+    """Style id → heading level for the built-in "Heading 1".."Heading 6" and "Title" styles (any UI language)."""
+    levels = {}
+    for style in document.styles:
+        name = (style.name or "").strip()
+        if match := _HEADING_STYLE.match(name):
+            levels[style.style_id] = int(match.group(1))
+        elif name.lower() == "title":
+            levels[style.style_id] = 1
+    return levels
+
+
 def _table_rows(tbl) -> list[list[str]]:
     rows = []
     for tr in tbl.iter(f"{W}tr"):
@@ -104,6 +120,7 @@ class DocxLoader:
             raise _open_error(ctx, "Word", exc) from exc
         images = _ImageOcr(ctx)
         rels = document.part.rels
+        heading_levels = _heading_levels(document)
         pages: list[list[str]] = [[]]
         for block in document.element.body.iterchildren():
             if block.tag == f"{W}p":
@@ -113,7 +130,8 @@ class DocxLoader:
                 if breaks and any(pages[-1]):
                     pages.append([])
                 if text := _paragraph_text(block):
-                    pages[-1].append(text)
+                    level = heading_levels.get(block.style or "", 0)
+                    pages[-1].append(f"{'#' * level} {text}" if level else text)
                 blobs = []
                 for blip in block.iter(f"{A}blip"):
                     rel = rels.get(blip.get(f"{R}embed") or "")

@@ -1,20 +1,31 @@
 """Citations a person can check: each answer sentence is aligned to the passages that support it.
 
-The alignment is deterministic (shared n-grams, the same measure the reranker uses), so a citation never
+The alignment is deterministic (shared character n-grams or words), so a citation never
 depends only on the small model writing [n] correctly: markers pointing at passages that support nothing
 are dropped, and supporting passages the model forgot to mark are added.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from kb_app.chat.language import Language
 from kb_app.retrieval.base import Hit
-from kb_app.retrieval.rerank import ngrams
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")
 _MARKER = re.compile(r"\[(\d{1,2})\]")
+_SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def ngrams(text: str, language: Language) -> set[str]:
+    """Character 2–3-grams (Chinese) or words and word pairs (other languages), case- and space-insensitive."""
+    if language == "zh":
+        t = _SPACE.sub("", text).lower()
+        return {t[i : i + n] for n in (2, 3) for i in range(len(t) - n + 1)}
+    words = _WORD.findall(text.lower())
+    return set(words) | {f"{a} {b}" for a, b in itertools.pairwise(words)}
 
 
 def split_sentences(text: str) -> list[str]:

@@ -23,7 +23,7 @@ def build_retriever(
         "hybrid": HybridRetriever(dense, lexical, embedder, kb.vectors, settings.fetch_k, settings.rrf_k),
     }
     base = retrievers[settings.mode]
-    reranker = build_reranker(rerank) if rerank else None
+    reranker = build_reranker(rerank, kb.lexical) if rerank else None
     if reranker is None:
         return base
     return RerankingRetriever(base, reranker, rerank.candidates, rerank.languages)
