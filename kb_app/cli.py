@@ -156,6 +156,7 @@ def search(
             "n": n,
             "source": h.chunk.source,
             "page": h.chunk.page,
+            "heading": h.chunk.heading,
             "text": h.chunk.text,
             "score": round(h.score, 4),
             "dense_score": None if h.dense_score is None else round(h.dense_score, 4),
@@ -167,7 +168,8 @@ def search(
         return
     for row in rows:
         page = f" p.{row['page']}" if row["page"] else ""
-        typer.secho(f"[{row['n']}] {row['source']}{page}  score {row['score']}", bold=True)
+        heading = f" · {row['heading']}" if row["heading"] else ""
+        typer.secho(f"[{row['n']}] {row['source']}{page}{heading}  score {row['score']}", bold=True)
         typer.echo("    " + row["text"].replace("\n", " ")[:300])
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ingest.pipeline import IngestReport
 from kb_app.assistant import Assistant
+from kb_app.chat.citations import strip_markers
 from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.retrieval.base import Hit
@@ -191,7 +192,7 @@ def run_questions(
         )
         if pipeline is not None and i < generate:
             answer = pipeline.ask(row.question)
-            result.answer = answer.text
+            result.answer = strip_markers(answer.text)
             result.refused = answer.refused or any(r in answer.text for r in refusals)
         results.append(result)
     return results

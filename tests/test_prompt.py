@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.vector_store import StoredChunk
-from kb_app.chat.citations import align, split_sentences
+from kb_app.chat.citations import align, annotate, split_sentences, strip_markers
 from kb_app.chat.language import detect_language
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.retrieval.base import Hit
@@ -77,3 +77,19 @@ def test_citations_are_aligned_to_supporting_passages() -> None:
     # Nothing supports the answer: it cites the top passage it was built from.
     assert align("Bananas are yellow.", hits, "en", 0.3) == [1]
     assert split_sentences("第一句。第二句！Third one. Fourth?") == ["第一句。", "第二句！", "Third one.", "Fourth?"]
+
+
+def test_the_final_answer_carries_checked_markers_after_each_supported_sentence() -> None:
+    hits = [
+        _hit(1, "Employees receive fifteen days of paid leave every year."),
+        _hit(2, "The office closes at six in the evening on Fridays."),
+    ]
+    text, cited = annotate(
+        "The office closes at six on Fridays [1].\nStaff get fifteen days of paid leave.", hits, "en", 0.3
+    )
+    assert text == "The office closes at six on Fridays [2].\nStaff get fifteen days of paid leave [1]."
+    assert cited == [2, 1]
+    assert strip_markers(text) == "The office closes at six on Fridays.\nStaff get fifteen days of paid leave."
+    zh_hits = [_hit(1, "蓝鲸公司的总部设在杭州，员工约三千人。")]
+    assert annotate("总部设在杭州。", zh_hits, "zh", 0.3) == ("总部设在杭州 [1]。", [1])
+    assert annotate("香蕉是黄色的。", zh_hits, "zh", 0.3) == ("香蕉是黄色的。", [1])

@@ -1,8 +1,8 @@
 """Citations a person can check: each answer sentence is aligned to the passages that support it.
 
 The alignment is deterministic (shared character n-grams or words), so a citation never
-depends only on the small model writing [n] correctly: markers pointing at passages that support nothing
-are dropped, and supporting passages the model forgot to mark are added.
+depends on the model writing [n] correctly: markers pointing at passages that support nothing are dropped,
+and each sentence gets a [n] for the passage that supports it, which the model need not write at all.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from kb_app.retrieval.base import Hit
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")
 _MARKER = re.compile(r"\[(\d{1,2})\]")
+_SPACES_BEFORE_PUNCT = re.compile(r"\s+([。！？!?；;.,，])")
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -40,21 +41,54 @@ def support(sentence: str, passage: str, language: Language) -> float:
     return len(wanted & ngrams(passage, language)) / len(wanted)
 
 
-def align(answer: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
-    """Numbers (1-based, as in the prompt) of the passages that support the answer, in order of first use.
+def _supporting(sentence: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
+    """The passages a sentence marks with [n] if they support it, else its best-supporting passage, if any."""
+    scores = {n: support(sentence, h.chunk.text, language) for n, h in enumerate(hits, 1)}
+    if not scores:
+        return []
+    marked = [int(m) for m in _MARKER.findall(sentence) if int(m) in scores]
+    chosen = [n for n in marked if scores[n] >= min_support]
+    if not chosen:
+        best = max(scores, key=scores.__getitem__)
+        chosen = [best] if scores[best] >= min_support else []
+    return list(dict.fromkeys(chosen))
 
-    For each sentence: the passages it marks with [n] if they support it, else its best-supporting passage.
+
+def _marked(sentence: str, numbers: list[int]) -> str:
+    """The sentence without the model's markers, with checked ones before its closing punctuation."""
+    clean = strip_markers(sentence)
+    if not numbers:
+        return clean
+    markers = "".join(f"[{n}]" for n in numbers)
+    body = clean.rstrip("。！？!?；;.")
+    return f"{body} {markers}{clean[len(body) :]}" if body else f"{clean} {markers}"
+
+
+def annotate(answer: str, hits: list[Hit], language: Language, min_support: float) -> tuple[str, list[int]]:
+    """The answer with checked [n] markers after each sentence, and the passages cited in order of first use.
+
     An answer nothing supports cites the top passage it was given, since that is what it was built from.
     """
     cited: list[int] = []
+    parts: list[str] = []
+    cursor = 0
     for sentence in split_sentences(answer):
-        scores = {n: support(sentence, h.chunk.text, language) for n, h in enumerate(hits, 1)}
-        if not scores:
-            break
-        marked = [int(m) for m in _MARKER.findall(sentence) if int(m) in scores]
-        chosen = [n for n in marked if scores[n] >= min_support]
-        if not chosen:
-            best = max(scores, key=scores.__getitem__)
-            chosen = [best] if scores[best] >= min_support else []
-        cited.extend(n for n in chosen if n not in cited)
-    return cited or ([1] if hits else [])
+        at = answer.find(sentence, cursor)
+        if at < 0:
+            continue
+        numbers = _supporting(sentence, hits, language, min_support)
+        parts += [answer[cursor:at], _marked(sentence, numbers)]
+        cursor = at + len(sentence)
+        cited.extend(n for n in numbers if n not in cited)
+    parts.append(answer[cursor:])
+    return "".join(parts).strip(), cited or ([1] if hits else [])
+
+
+def strip_markers(text: str) -> str:
+    """The answer as prose, without its [n] markers (what answer metrics compare with a gold answer)."""
+    return _SPACES_BEFORE_PUNCT.sub(r"\1", _MARKER.sub("", text)).strip()
+
+
+def align(answer: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
+    """Numbers (1-based, as in the prompt) of the passages that support the answer, in order of first use."""
+    return annotate(answer, hits, language, min_support)[1]

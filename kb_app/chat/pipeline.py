@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from kb_app.chat.citations import align
+from kb_app.chat.citations import annotate
 from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.models.base import ChatModel, Message
@@ -22,11 +22,13 @@ class Citation:
     page: int | None
     text: str
     score: float
+    heading: str = ""
 
     @classmethod
     def from_hit(cls, n: int, hit: Hit) -> Citation:
         score = hit.dense_score if hit.dense_score is not None else hit.score
-        return cls(n=n, source=hit.chunk.source, page=hit.chunk.page, text=hit.chunk.text, score=round(score, 4))
+        chunk = hit.chunk
+        return cls(n, chunk.source, chunk.page, chunk.text, round(score, 4), chunk.heading)
 
 
 @dataclass
@@ -106,8 +108,7 @@ class ChatPipeline:
         for piece in model.stream(messages, self._llm.max_tokens, self._llm.temperature):
             pieces.append(piece)
             yield piece
-        text = "".join(pieces).strip()
-        numbers = align(text, used, language, self._retrieval.citation_min_support)
+        text, numbers = annotate("".join(pieces).strip(), used, language, self._retrieval.citation_min_support)
         yield Answer(
             text=text,
             language=language,

@@ -90,6 +90,7 @@ class PromptBuilder:
                     source=h.chunk.source,
                     page=t.page.format(page=h.chunk.page) if h.chunk.page else "",
                     text=h.chunk.text,
+                    heading=h.chunk.heading,
                 )
                 for n, h in enumerate(kept, 1)
             )

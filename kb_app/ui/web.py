@@ -30,6 +30,7 @@ def format_sources(citations: list[Citation], language: str) -> str:
     lines = [f"{SOURCES_RULE}**{title}**\n"]
     for c in citations:
         page = f" · {page_word.format(c.page)}" if c.page else ""
+        page += f" · {c.heading}" if c.heading else ""
         quoted = "\n".join(f"> {line}" for line in c.text.splitlines() if line.strip())
         lines.append(f"**[{c.n}] {c.source}**{page} · score {c.score:.3f}\n\n{quoted}\n")
     return "\n".join(lines)
