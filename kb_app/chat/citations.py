@@ -15,6 +15,7 @@ from kb_app.retrieval.base import Hit
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")
 _MARKER = re.compile(r"\[(\d{1,2})\]")
+_TERMINAL = ("。", "！", "？", "!", "?", "；", ";", ".")
 _SPACES_BEFORE_PUNCT = re.compile(r"\s+([。！？!?；;.,，])")
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"[a-z0-9]+")
@@ -60,7 +61,7 @@ def _marked(sentence: str, numbers: list[int]) -> str:
     if not numbers:
         return clean
     markers = "".join(f"[{n}]" for n in numbers)
-    body = clean.rstrip("。！？!?；;.")
+    body = clean.rstrip("".join(_TERMINAL))
     return f"{body} {markers}{clean[len(body) :]}" if body else f"{clean} {markers}"
 
 
@@ -72,14 +73,19 @@ def annotate(answer: str, hits: list[Hit], language: Language, min_support: floa
     cited: list[int] = []
     parts: list[str] = []
     cursor = 0
-    for sentence in split_sentences(answer):
+    pending: list[int] = []  # support of a line that broke mid-sentence, marked where the sentence ends
+    sentences = split_sentences(answer)
+    for i, sentence in enumerate(sentences):
         at = answer.find(sentence, cursor)
         if at < 0:
             continue
         numbers = _supporting(sentence, hits, language, min_support)
-        parts += [answer[cursor:at], _marked(sentence, numbers)]
-        cursor = at + len(sentence)
         cited.extend(n for n in numbers if n not in cited)
+        pending.extend(n for n in numbers if n not in pending)
+        ends = sentence.rstrip().endswith(_TERMINAL) or i == len(sentences) - 1
+        parts += [answer[cursor:at], _marked(sentence, pending) if ends else strip_markers(sentence)]
+        pending = [] if ends else pending
+        cursor = at + len(sentence)
     parts.append(answer[cursor:])
     return "".join(parts).strip(), cited or ([1] if hits else [])
 
