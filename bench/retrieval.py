@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(SETS), help=f"eval sets (comma-separated) of {list(SETS)}")
     parser.add_argument("--chunk-size", type=int, default=None, help="splitter.chunk_size (default: settings)")
     parser.add_argument("--chunk-overlap", type=int, default=None, help="splitter.chunk_overlap")
-    parser.add_argument("--rerank", default=None, help="rerank.backend: overlap, cross_encoder, none")
+    parser.add_argument("--rerank", default=None, help="rerank.backend: blend, cross_encoder, none")
     parser.add_argument("--home", type=Path, default=RESULTS / "kb_home", help="KB_HOME for the eval KBs")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
