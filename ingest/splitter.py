@@ -48,13 +48,20 @@ class _HeadingPath:
     def __init__(self, title: str) -> None:
         self._title = title
         self._stack: list[tuple[int, str]] = []
+        self._page: list[tuple[int, int, str]] = []
+        self._next = 0
 
-    def advance(self, headings: list[tuple[int, int, str]], upto: int) -> list[tuple[int, int, str]]:
-        """Apply the (offset, level, text) headings before ``upto``; returns those not yet reached."""
-        while headings and headings[0][0] <= upto:
-            _, level, text = headings.pop(0)
+    def start_page(self, text: str) -> None:
+        """The page's (offset, level, text) headings; the stack carries over from the page before."""
+        self._page = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in _ATX_HEADING.finditer(text)]
+        self._next = 0
+
+    def advance(self, upto: int) -> None:
+        """Apply the page's headings that start at or before ``upto``."""
+        while self._next < len(self._page) and self._page[self._next][0] <= upto:
+            _, level, text = self._page[self._next]
             self._stack = [(lvl, t) for lvl, t in self._stack if lvl < level] + [(level, text)]
-        return headings
+            self._next += 1
 
     def render(self) -> str:
         sections = [t for _, t in self._stack if t != self._title]
@@ -87,10 +94,6 @@ def section_starts(text: str, title: str = "") -> list[int]:
         if match.start() > 0 and any(_is_body(line, title) for line in body):
             starts.append(match.start())
     return starts
-
-
-def page_headings(text: str) -> list[tuple[int, int, str]]:
-    return [(m.start(), len(m.group(1)), m.group(2).strip()) for m in _ATX_HEADING.finditer(text)]
 
 
 class Splitter(Protocol):
@@ -132,9 +135,9 @@ class RecursiveSplitter:
         title = document_title(document)
         path = _HeadingPath(title)
         for page in document.pages:
-            headings = page_headings(page.text)
+            path.start_page(page.text)
             for text, start in self.split_text(page.text, title):
-                headings = path.advance(headings, start + _body_offset(text, title))
+                path.advance(start + _body_offset(text, title))
                 chunks.append(
                     Chunk(
                         id=chunk_id(document.source, document.sha256, len(chunks)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.vector_store import StoredChunk
-from kb_app.chat.citations import align, annotate, split_sentences, strip_markers
+from kb_app.chat.citations import annotate, split_sentences, strip_markers
 from kb_app.chat.language import detect_language
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.retrieval.base import Hit
@@ -66,16 +66,13 @@ def test_citations_are_aligned_to_supporting_passages() -> None:
         _hit(3, "The office closes at six in the evening on Fridays."),
     ]
     # The model marked the wrong passage: the marker is dropped and the supporting passage cited instead.
-    assert align("分区赛结束于10月9日 [3]。", hits, "zh", 0.3) == [1]
+    assert annotate("分区赛结束于10月9日 [3]。", hits, "zh", 0.3)[1] == [1]
     # Two sentences, each supported by its own passage; unmarked support is found too.
-    assert align(
+    assert annotate(
         "Employees get fifteen days of paid leave [2]. The office closes at six on Fridays.", hits, "en", 0.3
-    ) == [
-        2,
-        3,
-    ]
+    )[1] == [2, 3]
     # Nothing supports the answer: it cites the top passage it was built from.
-    assert align("Bananas are yellow.", hits, "en", 0.3) == [1]
+    assert annotate("Bananas are yellow.", hits, "en", 0.3)[1] == [1]
     assert split_sentences("第一句。第二句！Third one. Fourth?") == ["第一句。", "第二句！", "Third one.", "Fourth?"]
 
 

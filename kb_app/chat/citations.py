@@ -34,17 +34,13 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def support(sentence: str, passage: str, language: Language) -> float:
-    """Share of the sentence's n-grams found in the passage (0..1)."""
+def _supporting(sentence: str, passages: list[set[str]], language: Language, min_support: float) -> list[int]:
+    """The passages a sentence marks with [n] if they support it, else its best-supporting passage, if any.
+
+    Support is the share of the sentence's n-grams found in a passage (0..1).
+    """
     wanted = ngrams(_MARKER.sub("", sentence), language)
-    if not wanted:
-        return 0.0
-    return len(wanted & ngrams(passage, language)) / len(wanted)
-
-
-def _supporting(sentence: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
-    """The passages a sentence marks with [n] if they support it, else its best-supporting passage, if any."""
-    scores = {n: support(sentence, h.chunk.text, language) for n, h in enumerate(hits, 1)}
+    scores = {n: len(wanted & grams) / len(wanted) if wanted else 0.0 for n, grams in enumerate(passages, 1)}
     if not scores:
         return []
     marked = [int(m) for m in _MARKER.findall(sentence) if int(m) in scores]
@@ -75,11 +71,12 @@ def annotate(answer: str, hits: list[Hit], language: Language, min_support: floa
     cursor = 0
     pending: list[int] = []  # support of a line that broke mid-sentence, marked where the sentence ends
     sentences = split_sentences(answer)
+    passages = [ngrams(h.chunk.text, language) for h in hits]
     for i, sentence in enumerate(sentences):
         at = answer.find(sentence, cursor)
         if at < 0:
             continue
-        numbers = _supporting(sentence, hits, language, min_support)
+        numbers = _supporting(sentence, passages, language, min_support)
         cited.extend(n for n in numbers if n not in cited)
         pending.extend(n for n in numbers if n not in pending)
         ends = sentence.rstrip().endswith(_TERMINAL) or i == len(sentences) - 1
@@ -93,8 +90,3 @@ def annotate(answer: str, hits: list[Hit], language: Language, min_support: floa
 def strip_markers(text: str) -> str:
     """The answer as prose, without its [n] markers (what answer metrics compare with a gold answer)."""
     return _SPACES_BEFORE_PUNCT.sub(r"\1", _MARKER.sub("", text)).strip()
-
-
-def align(answer: str, hits: list[Hit], language: Language, min_support: float) -> list[int]:
-    """Numbers (1-based, as in the prompt) of the passages that support the answer, in order of first use."""
-    return annotate(answer, hits, language, min_support)[1]

@@ -27,8 +27,8 @@ class Citation:
     @classmethod
     def from_hit(cls, n: int, hit: Hit) -> Citation:
         score = hit.dense_score if hit.dense_score is not None else hit.score
-        chunk = hit.chunk
-        return cls(n, chunk.source, chunk.page, chunk.text, round(score, 4), chunk.heading)
+        c = hit.chunk
+        return cls(n=n, source=c.source, page=c.page, text=c.text, score=round(score, 4), heading=c.heading)
 
 
 @dataclass
