@@ -6,7 +6,7 @@
 Knowledge bases live in a persistent KB_HOME (bench/results/kb_home), one per language, embedder and chunk
 setting, so a re-run only retrieves. Run files for ``../shared/eval/score.py`` go to bench/results/.
 Also prints the distribution of the refusal evidence (best cosine of the top-k hybrid hits) on answerable
-and unanswerable questions, and the ``retrieval.min_dense_score`` that abstains most while falsely refusing
+and unanswerable questions, and the ``refusal.min_dense_score`` that abstains most while falsely refusing
 at most 5% of answerable questions in each language.
 Exits 1 when hybrid retrieval is below the floors measured with RRF on these sets.
 """
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nchunk_size {settings.splitter.chunk_size}, overlap {settings.splitter.chunk_overlap}, "
         f"embedder {settings.embedding.backend}, rerank {settings.rerank.backend} for "
         f"{','.join(settings.rerank.languages)}, top-k for refusal {settings.retrieval.top_k}, "
-        f"min_dense_score {settings.retrieval.min_dense_score}"
+        f"min_dense_score {settings.refusal.min_dense_score}"
     )
     print_table(results)
     calibration = calibrate(results)

@@ -17,6 +17,7 @@ from ingest.splitter import RecursiveSplitter
 from ingest.vector_store import delete_knowledge_base, list_knowledge_bases, make_client
 from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
+from kb_app.chat.refusal import build_evidence_check
 from kb_app.errors import KnowledgeBaseNotFoundError
 from kb_app.models.base import ChatModel, Message
 from kb_app.models.factory import build_chat_model
@@ -109,10 +110,12 @@ class Assistant:
 
     def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
         retrieval = retrieval or self.settings.retrieval
+        prompts = PromptBuilder(self.settings.prompts_dir)
         return ChatPipeline(
             retriever=self.retriever(kb, retrieval),
             model=self.model,
-            prompts=PromptBuilder(self.settings.prompts_dir),
+            prompts=prompts,
+            evidence=build_evidence_check(self.settings.refusal, self.model, prompts),
             retrieval=retrieval,
             llm=self.settings.llm,
             chat=self.settings.chat,

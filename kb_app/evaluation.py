@@ -288,7 +288,7 @@ def evaluate(
         ensure_ingested(assistant, Path(docs_dir), kb, show_progress)
     results = run_questions(assistant, rows, kb, mode, generate, k, show_progress)
     retrieval = retrieval_settings(assistant, mode)
-    threshold = retrieval.min_dense_score.get(language)
+    threshold = assistant.settings.refusal.min_dense_score.get(language)
     metrics = compute_metrics(rows, results, language, threshold, chunk_lengths(assistant, kb))
     if run_path is not None:
         write_run(Path(run_path), results)

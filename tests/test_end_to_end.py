@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from kb_app.assistant import Assistant
 from kb_app.chat.citations import strip_markers
+from kb_app.chat.prompt import PromptBuilder
+from kb_app.chat.refusal import ModelCheck, SimilarityCheck
 from kb_app.cli import app
 from kb_app.settings import Settings
 from tests.conftest import shared_path
@@ -61,6 +63,22 @@ def test_question_outside_the_knowledge_base_is_refused(assistant: Assistant) ->
     assert answer.refused
     assert answer.text == "根据已知信息无法回答该问题。"
     assert answer.citations == []
+
+
+def test_the_model_check_reads_the_passages(assistant: Assistant) -> None:
+    """refusal.check model: the model's yes-over-no drops when the passages do not hold the answer, and the
+    calibrated threshold decides on that number alone."""
+    question = "What main components does LangChain have?"
+    prompts = PromptBuilder(assistant.settings.prompts_dir)
+    relevant = assistant.search(question, k=3)
+    unrelated = assistant.search("1999年国家联盟分区赛是在哪一天结束的？", k=3)
+    assert relevant[0].chunk.source == "langchain.pdf" and unrelated[0].chunk.source.startswith("1999")
+    measure = ModelCheck(SimilarityCheck({}), assistant.model, prompts, {})
+    odds = measure.log_odds(question, relevant, "en")
+    assert odds > measure.log_odds(question, unrelated, "en") + 0.25  # 0.59 measured: a small model, a small margin
+    for threshold, passes in ((odds - 0.01, True), (odds + 0.01, False)):
+        check = ModelCheck(SimilarityCheck({"en": 0.0}), assistant.model, prompts, {"en": threshold})
+        assert check.sufficient(question, relevant, "en") is passes
 
 
 def test_cli_ask_json(assistant: Assistant, corpus: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import shutil
 import threading
 import time
@@ -176,6 +177,15 @@ def test_llama_cpp_q4_streams_and_stops(tiny_glm: TinyGlm, variant: str, source:
     assert list(model.stream(messages, max_tokens=1, temperature=0.0)) == ["hello"]
 
 
+def test_llama_cpp_reads_the_first_reply_tokens_probabilities(q4_model: LlamaCppModel) -> None:
+    """The refusal check's yes/no reading: "hello" is the tiny GLM's certain first reply, and reading it leaves
+    the context in a state the next answer can reuse."""
+    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    hello, world, pong = q4_model.reply_start_logprobs(messages, [["hello"], ["world", " world"], ["pong", " pong"]])
+    assert math.log(0.5) < hello <= 0.0 and world < hello and pong < hello
+    assert "".join(q4_model.stream(messages, max_tokens=32, temperature=0.0)) == "hello world"
+
+
 def test_llama_cpp_counts_with_the_models_tokenizer(q4_model: LlamaCppModel, hf_tokenizer) -> None:
     assert q4_model.count_tokens(SAMPLE) == len(hf_tokenizer.encode(SAMPLE, add_special_tokens=False))
     assert LlamaCppModel(q4_model.path, n_ctx=512, n_threads=2).context_length == 512
@@ -217,6 +227,12 @@ def test_transformers_int8_on_cpu_streams_and_stops(int8_model: TransformersMode
     assert len(pieces) >= 2 and "".join(pieces) == "hello world"  # streamed, stopped by <|user|>
     assert "".join(int8_model.stream(messages, max_tokens=1, temperature=0.0)) == "hello"
     assert int8_model.count_tokens(SAMPLE) == len(hf_tokenizer.encode(SAMPLE, add_special_tokens=False))
+
+
+def test_transformers_reads_the_first_reply_tokens_probabilities(int8_model: TransformersModel) -> None:
+    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    hello, world = int8_model.reply_start_logprobs(messages, [["hello"], ["world", " world"]])
+    assert math.log(0.5) < hello <= 0.0 and world < hello
 
 
 def test_transformers_max_tokens_and_early_stop(tiny_glm: TinyGlm) -> None:  # noqa: F811

@@ -3,6 +3,7 @@ default GGUF. Servers are started on free ports, waited for with a bounded timeo
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import sys
@@ -35,8 +36,8 @@ def free_port() -> int:
 class LlamaServer:
     """``python -m llama_cpp.server`` as a child process."""
 
-    def __init__(self, gguf: Path, port: int, log: Path) -> None:
-        self.gguf, self.port, self.log = gguf, port, log
+    def __init__(self, gguf: Path, port: int, log: Path, *extra: str) -> None:
+        self.gguf, self.port, self.log, self.extra = gguf, port, log, extra
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -45,7 +46,7 @@ class LlamaServer:
 
     def start(self, timeout_s: float = 120) -> LlamaServer:
         args = ["--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--n_ctx", str(N_CTX), "--n_threads", "2", "--api_key", KEY, "--verbose", "False"]
+        args += ["--n_ctx", str(N_CTX), "--n_threads", "2", "--api_key", KEY, "--verbose", "False", *self.extra]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
@@ -114,6 +115,28 @@ def test_streamed_answer(server: LlamaServer) -> None:
     assert len(pieces) > 5
     assert arrivals[0] < arrivals[-1] - 0.05  # pieces came as they were generated, not all at the end
     assert "1, 2, 3" in "".join(pieces)
+
+
+YES_NO = [["yes", "Yes", " yes", " Yes"], ["no", "No", " no", " No"]]
+ASK_YES = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+
+
+def test_reply_probabilities_come_from_the_servers_logprobs(server: LlamaServer) -> None:
+    """The refusal check's yes/no reading over HTTP: the server's top_logprobs for the first token."""
+    model = build_chat_model(openai_settings(server.base_url), Path("unused-cache"))
+    yes, no = model.reply_start_logprobs(ASK_YES, YES_NO)
+    assert math.log(0.5) < yes <= 0.0 and no < yes
+
+
+def test_a_server_without_logprobs_names_the_setting(gguf: Path, tmp_path: Path) -> None:
+    plain = LlamaServer(gguf, free_port(), tmp_path / "plain.log", "--logits_all", "False").start()
+    try:
+        model = build_chat_model(openai_settings(plain.base_url, max_retries=0), Path("unused-cache"))
+        with pytest.raises(ModelServerError) as info:
+            model.reply_start_logprobs(ASK_YES, YES_NO)
+    finally:
+        plain.kill()
+    assert "log-probabilities" in info.value.message and "refusal.check: similarity" in info.value.hint
 
 
 def test_server_killed_mid_stream_then_restarted(gguf: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from kb_app.chat.citations import annotate
 from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
+from kb_app.chat.refusal import EvidenceCheck
 from kb_app.models.base import ChatModel, Message
 from kb_app.retrieval.base import Hit, Retriever
 from kb_app.settings import ChatSettings, LlmSettings, RetrievalSettings
@@ -50,6 +51,7 @@ class ChatPipeline:
         retriever: Retriever,
         model: Callable[[], ChatModel],
         prompts: PromptBuilder,
+        evidence: EvidenceCheck,
         retrieval: RetrievalSettings,
         llm: LlmSettings,
         chat: ChatSettings | None = None,
@@ -57,16 +59,10 @@ class ChatPipeline:
         self._retriever = retriever
         self._model = model
         self._prompts = prompts
+        self._evidence = evidence
         self._retrieval = retrieval
         self._llm = llm
         self._chat = chat or ChatSettings()
-
-    def has_evidence(self, hits: list[Hit], language: Language) -> bool:
-        """Whether retrieval found something close enough to answer from; a small model should not decide this."""
-        scores = [h.dense_score for h in hits if h.dense_score is not None]
-        if not scores:  # lexical-only retrieval has no calibrated similarity: any match is the evidence
-            return bool(hits)
-        return max(scores) >= self._retrieval.min_dense_score.get(language, 0.0)
 
     def standalone(self, question: str, history: list[Message], language: Language) -> str:
         """The follow-up rewritten by the model into a question that stands alone; the question if no history.
@@ -91,11 +87,6 @@ class ChatPipeline:
         language = detect_language(question)
         question = self.standalone(question, history or [], language)
         hits = self._retriever.retrieve(question, self._retrieval.top_k)
-        if not self.has_evidence(hits, language):
-            refusal = self._prompts.refusal(language)
-            yield refusal
-            yield Answer(text=refusal, language=language, refused=True)
-            return
         model = self._model()
         messages, used = self._prompts.build(
             question,
@@ -104,6 +95,11 @@ class ChatPipeline:
             token_budget=model.context_length - self._llm.max_tokens,
             count_tokens=model.count_tokens,
         )
+        if not self._evidence.sufficient(question, used, language):
+            refusal = self._prompts.refusal(language)
+            yield refusal
+            yield Answer(text=refusal, language=language, refused=True)
+            return
         pieces: list[str] = []
         for piece in model.stream(messages, self._llm.max_tokens, self._llm.temperature):
             pieces.append(piece)

@@ -20,6 +20,8 @@ class PromptTemplates:
     page: str
     refusal: str
     condense: str
+    judge: str
+    judge_words: tuple[tuple[str, ...], tuple[str, ...]]
 
 
 @cache
@@ -36,7 +38,18 @@ def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
         page=read("page.txt"),
         refusal=read("refusal.txt"),
         condense=read("condense.txt"),
+        judge=read("judge.txt"),
+        judge_words=_judge_words(read("judge_words.txt")),
     )
+
+
+def _judge_words(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Line 1: spellings of "yes", line 2: of "no"; each also counts with a leading space (one more token form)."""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    if len(lines) != 2:
+        raise ValueError("judge_words.txt must have two lines: the spellings of yes, then of no")
+    yes, no = ((*words, *(f" {w}" for w in words)) for words in lines)
+    return tuple(yes), tuple(no)
 
 
 class PromptBuilder:
@@ -69,6 +82,30 @@ class PromptBuilder:
             lines.insert(0, line)
         return [{"role": "user", "content": t.condense.format(history="\n".join(lines), question=question)}]
 
+    def judge(self, question: str, hits: list[Hit], language: Language) -> list[Message]:
+        """Messages asking whether the numbered passages answer the question (yes/no).
+
+        Same system message and context as ``build``, so a model that keeps its prompt cache reads them once.
+        """
+        t = self.templates(language)
+        return [
+            {"role": "system", "content": t.system},
+            {"role": "user", "content": t.judge.format(context=self._context(t, hits), question=question)},
+        ]
+
+    @staticmethod
+    def _context(t: PromptTemplates, hits: list[Hit]) -> str:
+        return "\n\n".join(
+            t.context_item.format(
+                n=n,
+                source=h.chunk.source,
+                page=t.page.format(page=h.chunk.page) if h.chunk.page else "",
+                text=h.chunk.text,
+                heading=h.chunk.heading,
+            )
+            for n, h in enumerate(hits, 1)
+        )
+
     def build(
         self,
         question: str,
@@ -84,16 +121,7 @@ class PromptBuilder:
         t = self.templates(language)
         kept = list(hits)
         while True:
-            context = "\n\n".join(
-                t.context_item.format(
-                    n=n,
-                    source=h.chunk.source,
-                    page=t.page.format(page=h.chunk.page) if h.chunk.page else "",
-                    text=h.chunk.text,
-                    heading=h.chunk.heading,
-                )
-                for n, h in enumerate(kept, 1)
-            )
+            context = self._context(t, kept)
             messages: list[Message] = [
                 {"role": "system", "content": t.system},
                 {"role": "user", "content": t.user.format(context=context, question=question)},

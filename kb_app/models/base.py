@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -21,6 +21,14 @@ class ChatModel(Protocol):
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
+        """For each choice (a few spellings of one word), the log-probability that the reply starts with it.
+
+        Read from the first reply token's distribution: one forward pass, no sampling. This is how kb asks a
+        model a yes/no question and gets a graded answer it can hold against a calibrated threshold.
+        """
+        ...
 
 
 @dataclass(frozen=True)

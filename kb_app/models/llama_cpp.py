@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
+
 from kb_app.models.base import Message
+from kb_app.models.choices import choice_logprobs, first_token_ids
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.gguf_info import read_gguf_info
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, choose_template, compiles, glm_family
@@ -112,9 +115,10 @@ class LlamaCppModel:
         self._lock = threading.Lock()
 
     def _install_template(self, override: str | None) -> None:
-        """Use kb's GLM template (or the configured one) where the GGUF's own is missing or broken."""
+        """Use kb's GLM template (or the configured one) where the GGUF's own is missing or broken, else the GGUF's."""
         family = glm_family(self.info.architecture, self.info.tokenizer_model)
         template, self.template_source = choose_template(override, family, self.info.chat_template)
+        template = template or self.info.chat_template  # the model's own, formatted by kb so prompt() can show it
         if template is None:
             return
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -161,3 +165,34 @@ class LlamaCppModel:
                 raise ModelGenerationError(
                     f"llama.cpp could not answer: {exc}", "shorten the question or raise llm.n_ctx"
                 ) from exc
+
+    def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
+        """Evaluates the prompt once and reads the last position's logits (no ``logits_all`` needed).
+
+        The prompt's tokens stay in the context, so an answer that starts with the same system message reuses them.
+        """
+        prompt = self.prompt(messages)
+        if prompt is None:
+            raise ModelGenerationError(
+                "kb cannot read reply probabilities when llm.chat_format hands prompt formatting to llama.cpp",
+                "set llm.chat_template instead of llm.chat_format, or refusal.check: similarity",
+            )
+        import llama_cpp
+
+        # the template already wrote any BOS the model wants (llama-cpp-python's own chat handler does the same)
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) >= self.context_length:
+            raise ModelGenerationError(
+                f"the check prompt has {len(tokens)} tokens, more than the {self.context_length} of the window",
+                "raise llm.n_ctx or lower refusal.passages",
+            )
+        groups = [first_token_ids(words, self._encode_plain) for words in choices]
+        with self._lock:
+            self._llm.reset()
+            self._llm.eval(tokens)
+            pointer = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
+            logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
+        return choice_logprobs(logits, groups)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from kb_app.models.base import Message
+from kb_app.models.choices import match_top_logprobs
 from kb_app.models.errors import ModelNotFoundError, ModelServerError
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,34 @@ class OpenAICompatibleModel:
                 raise self._transport_error(exc) from exc
         assert error is not None
         raise error
+
+    def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
+        """Asks for one token with its ``top_logprobs``; spellings the server does not list count as impossible."""
+        body = {
+            "model": self.model_name(),
+            "messages": list(messages),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": 20,
+        }
+        try:
+            reply = self._request("POST", "/chat/completions", json=body).json()
+            top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
+        except ModelServerError as exc:
+            raise ModelServerError(
+                f"{exc.message} (kb asked for log-probabilities)",
+                "use a server that returns logprobs (vLLM, llama.cpp's server with logits_all) "
+                "or set refusal.check: similarity",
+            ) from exc
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise ModelServerError(
+                "the model server returned no log-probabilities for the reply",
+                "use a server that returns logprobs (vLLM, llama.cpp's server with logits_all) "
+                "or set refusal.check: similarity",
+            ) from exc
+        return match_top_logprobs(pairs, choices)
 
     def _events(self, response: httpx.Response) -> Iterator[str]:
         """Text deltas from a server-sent-event stream; a stream cut short is an error, not a short answer."""

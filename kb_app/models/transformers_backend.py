@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from kb_app.models.base import Message
+from kb_app.models.choices import choice_logprobs, first_token_ids
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, TEMPLATES, family_from_tokens, resolve_template_setting
 
@@ -245,6 +246,24 @@ class TransformersModel:
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
+        """One forward pass over the prompt; the last position's logits give the first reply token."""
+        import torch
+
+        encoded = self._tokenizer(self.prompt(messages), add_special_tokens=False, return_tensors="pt")
+        groups = [
+            first_token_ids(words, lambda w: self._tokenizer.encode(w, add_special_tokens=False)) for words in choices
+        ]
+        with self._lock, torch.inference_mode():
+            try:
+                logits = self._model(**encoded.to(self.device)).logits[0, -1]
+            except RuntimeError as exc:
+                raise ModelGenerationError(
+                    f"transformers failed while reading the reply's first token: {exc}",
+                    "see the log; try a shorter question",
+                ) from exc
+        return choice_logprobs(logits.float().cpu().numpy(), groups)
 
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:
         import torch

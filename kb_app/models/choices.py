@@ -1,0 +1,31 @@
+"""Reading a graded yes/no from a model: probability mass of a few candidate first tokens of the reply."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def first_token_ids(words: Sequence[str], encode: Callable[[str], list[int]]) -> list[int]:
+    """The distinct first tokens of ``words`` ("yes", "Yes" and " yes" are often three tokens, "是" one)."""
+    return sorted({ids[0] for ids in map(encode, words) if ids})
+
+
+def choice_logprobs(logits: np.ndarray, groups: Sequence[Sequence[int]]) -> list[float]:
+    """Log of the total next-token probability of each group of token ids (``-inf`` for an empty group)."""
+    scores = np.asarray(logits, dtype=np.float64)
+    top = scores.max()
+    log_norm = top + math.log(float(np.exp(scores - top).sum()))
+    return [float(np.logaddexp.reduce(scores[list(g)]) - log_norm) if g else -math.inf for g in groups]
+
+
+def match_top_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[Sequence[str]]) -> list[float]:
+    """Choice log-probabilities from a server's top-k list of (token text, logprob); unlisted spellings count 0."""
+    out = []
+    for words in choices:
+        wanted = set(words)
+        found = [lp for text, lp in top if text in wanted]
+        out.append(float(np.logaddexp.reduce(found)) if found else -math.inf)
+    return out
