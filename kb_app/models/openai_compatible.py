@@ -41,6 +41,11 @@ def estimate_tokens(text: str) -> int:
     return cjk + math.ceil((len(text) - cjk) / 3)
 
 
+_NO_LOGPROBS_HINT = (
+    "use a server that returns logprobs (vLLM, llama.cpp's server with logits_all) or set refusal.check: similarity"
+)
+
+
 class OpenAICompatibleModel:
     """A chat model behind an OpenAI-compatible HTTP API. Nothing is contacted until it is first used."""
 
@@ -265,16 +270,10 @@ class OpenAICompatibleModel:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
         except ModelServerError as exc:
-            raise ModelServerError(
-                f"{exc.message} (kb asked for log-probabilities)",
-                "use a server that returns logprobs (vLLM, llama.cpp's server with logits_all) "
-                "or set refusal.check: similarity",
-            ) from exc
+            raise ModelServerError(f"{exc.message} (kb asked for log-probabilities)", _NO_LOGPROBS_HINT) from exc
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ModelServerError(
-                "the model server returned no log-probabilities for the reply",
-                "use a server that returns logprobs (vLLM, llama.cpp's server with logits_all) "
-                "or set refusal.check: similarity",
+                "the model server returned no log-probabilities for the reply", _NO_LOGPROBS_HINT
             ) from exc
         return match_top_logprobs(pairs, choices)
 
