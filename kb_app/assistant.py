@@ -103,6 +103,8 @@ class Assistant:
             self.embedder,
             self.knowledge_base(kb, create=False),
             self.settings.rerank,
+            model=self.model,
+            reading_prompt=PromptBuilder(self.settings.prompts_dir).question_likelihood,
         )
 
     def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:

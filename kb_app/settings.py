@@ -111,6 +111,15 @@ class RerankSettings(BaseModel):
     dense_weight: dict[str, float] = Field(
         {"zh": 1.0, "en": 2.0}, description="blend: weight of the cosine to the question, per question language."
     )
+    model_passages: dict[str, int] = Field(
+        {"en": 3},
+        description="After the reranker, the chat model re-reads this many of the top passages, per question "
+        "language, and orders them by log P(question | passage): about 0.5 s a passage on 2 CPU cores "
+        "(en AnswerHit@1 .805 to .85 on the dev set). A language left out is not re-read.",
+    )
+    model_rank_weight: float = Field(
+        0.05, ge=0, description="What one place lower in the reranker's order costs, in mean log-probability."
+    )
 
 
 class LlmSettings(BaseModel):

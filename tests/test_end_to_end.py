@@ -14,6 +14,8 @@ from kb_app.chat.citations import strip_markers
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import ModelCheck, SimilarityCheck
 from kb_app.cli import app
+from kb_app.retrieval.base import Hit
+from kb_app.retrieval.rerank import ModelRereadingRetriever
 from kb_app.settings import Settings
 from tests.conftest import shared_path
 
@@ -79,6 +81,27 @@ def test_the_model_check_reads_the_passages(assistant: Assistant) -> None:
     for threshold, passes in ((odds - 0.01, True), (odds + 0.01, False)):
         check = ModelCheck(SimilarityCheck({"en": 0.0}), assistant.model, prompts, {"en": threshold})
         assert check.sufficient(question, relevant, "en") is passes
+
+
+class FixedOrder:
+    """A base retriever with a known order, so the test sees what the model re-read changes."""
+
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits = hits
+
+    def retrieve(self, query: str, k: int) -> list[Hit]:
+        return self.hits[:k]
+
+
+def test_the_model_rereads_passages_by_query_likelihood(assistant: Assistant) -> None:
+    question = "What main components does LangChain have?"
+    relevant = assistant.search(question, k=1)[0]
+    unrelated = assistant.search("1999年国家联盟分区赛是在哪一天结束的？", k=1)[0]
+    reading = PromptBuilder(assistant.settings.prompts_dir).question_likelihood
+    reread = ModelRereadingRetriever(FixedOrder([unrelated, relevant]), assistant.model, reading, {"en": 2}, 0.05)
+    assert [h.chunk.id for h in reread.retrieve(question, 2)] == [relevant.chunk.id, unrelated.chunk.id]
+    off = ModelRereadingRetriever(FixedOrder([unrelated, relevant]), assistant.model, reading, {"zh": 2}, 0.05)
+    assert off.retrieve(question, 2)[0].chunk.id == unrelated.chunk.id  # en not re-read: the order stays
 
 
 def test_cli_ask_json(assistant: Assistant, corpus: Path) -> None:

@@ -186,6 +186,14 @@ def test_llama_cpp_reads_the_first_reply_tokens_probabilities(q4_model: LlamaCpp
     assert "".join(q4_model.stream(messages, max_tokens=32, temperature=0.0)) == "hello world"
 
 
+def test_llama_cpp_scores_a_given_reply(q4_model: LlamaCppModel) -> None:
+    """The rerank stage's query likelihood: the tiny GLM's own reply scores far above one it never gives."""
+    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    own = q4_model.reply_logprob(messages, "hello world")
+    assert math.log(0.5) < own <= 0.0 and q4_model.reply_logprob(messages, "pong ping") < own - 1.0
+    assert "".join(q4_model.stream(messages, max_tokens=32, temperature=0.0)) == "hello world"
+
+
 def test_llama_cpp_counts_with_the_models_tokenizer(q4_model: LlamaCppModel, hf_tokenizer) -> None:
     assert q4_model.count_tokens(SAMPLE) == len(hf_tokenizer.encode(SAMPLE, add_special_tokens=False))
     assert LlamaCppModel(q4_model.path, n_ctx=512, n_threads=2).context_length == 512
@@ -233,6 +241,12 @@ def test_transformers_reads_the_first_reply_tokens_probabilities(int8_model: Tra
     messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
     hello, world = int8_model.reply_start_logprobs(messages, [["hello"], ["world", " world"]])
     assert math.log(0.5) < hello <= 0.0 and world < hello
+
+
+def test_transformers_scores_a_given_reply(int8_model: TransformersModel) -> None:
+    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
+    own = int8_model.reply_logprob(messages, "hello world")
+    assert math.log(0.5) < own <= 0.0 and int8_model.reply_logprob(messages, "pong ping") < own - 1.0
 
 
 def test_transformers_max_tokens_and_early_stop(tiny_glm: TinyGlm) -> None:  # noqa: F811

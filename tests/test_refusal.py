@@ -10,7 +10,7 @@ import pytest
 from ingest.vector_store import StoredChunk
 from kb_app.chat.prompt import PromptBuilder, _judge_words
 from kb_app.chat.refusal import ModelCheck, SimilarityCheck, build_evidence_check
-from kb_app.models.choices import choice_logprobs, first_token_ids, match_top_logprobs
+from kb_app.models.choices import choice_logprobs, first_token_ids, match_top_logprobs, mean_token_logprob
 from kb_app.retrieval.base import Hit
 from kb_app.settings import RefusalSettings, Settings
 
@@ -24,6 +24,11 @@ def test_choice_logprobs_sum_each_groups_probability() -> None:
     yes, no, empty = choice_logprobs(logits + 7.0, [[0, 3], [1], []])  # a shift changes nothing after softmax
     assert math.isclose(yes, math.log(0.6)) and math.isclose(no, math.log(0.2))
     assert empty == -math.inf
+
+
+def test_mean_token_logprob_reads_each_tokens_row() -> None:
+    logits = np.log(np.array([[0.5, 0.5, 1e-9], [0.25, 0.25, 0.5]]))
+    assert math.isclose(mean_token_logprob(logits, [1, 2]), (math.log(0.5) + math.log(0.5)) / 2, rel_tol=1e-6)
 
 
 def test_first_token_ids_are_distinct() -> None:

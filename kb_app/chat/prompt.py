@@ -21,6 +21,7 @@ class PromptTemplates:
     refusal: str
     condense: str
     judge: str
+    question_likelihood: str
     judge_words: tuple[tuple[str, ...], tuple[str, ...]]
 
 
@@ -39,6 +40,7 @@ def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
         refusal=read("refusal.txt"),
         condense=read("condense.txt"),
         judge=read("judge.txt"),
+        question_likelihood=read("question_likelihood.txt"),
         judge_words=_judge_words(read("judge_words.txt")),
     )
 
@@ -92,6 +94,11 @@ class PromptBuilder:
             {"role": "system", "content": t.system},
             {"role": "user", "content": t.judge.format(context=self._context(t, hits), question=question)},
         ]
+
+    def question_likelihood(self, hit: Hit, language: Language) -> list[Message]:
+        """Messages after which the question is scored as the model's reply (the rerank stage's model pass)."""
+        text = self.templates(language).question_likelihood.format(text=hit.chunk.text, heading=hit.chunk.heading)
+        return [{"role": "user", "content": text}]
 
     @staticmethod
     def _context(t: PromptTemplates, hits: list[Hit]) -> str:

@@ -30,6 +30,13 @@ class ChatModel(Protocol):
         """
         ...
 
+    def reply_logprob(self, messages: list[Message], reply: str) -> float:
+        """Mean log-probability per token of ``reply`` as the model's answer to ``messages`` (no sampling).
+
+        The rerank stage scores log P(question | passage) with it: how well a passage explains the question.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class ModelInfo:

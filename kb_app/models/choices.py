@@ -1,4 +1,4 @@
-"""Reading a graded yes/no from a model: probability mass of a few candidate first tokens of the reply."""
+"""Reading probabilities from a model: a graded yes/no from the first reply token, and how likely a given reply is."""
 
 from __future__ import annotations
 
@@ -29,3 +29,12 @@ def match_top_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[Seque
         found = [lp for text, lp in top if text in wanted]
         out.append(float(np.logaddexp.reduce(found)) if found else -math.inf)
     return out
+
+
+def mean_token_logprob(logits: np.ndarray, tokens: Sequence[int]) -> float:
+    """Mean log-probability of ``tokens``; row ``i`` of ``logits`` is the distribution ``tokens[i]`` came from."""
+    rows = np.asarray(logits, dtype=np.float64)
+    top = rows.max(axis=1, keepdims=True)
+    log_norm = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
+    picked = rows[np.arange(len(tokens)), list(tokens)]
+    return float((picked - log_norm).mean())

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kb_app.models.base import Message
-from kb_app.models.choices import choice_logprobs, first_token_ids
+from kb_app.models.choices import choice_logprobs, first_token_ids, mean_token_logprob
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.gguf_info import read_gguf_info
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, choose_template, compiles, glm_family
@@ -171,21 +171,9 @@ class LlamaCppModel:
 
         The prompt's tokens stay in the context, so an answer that starts with the same system message reuses them.
         """
-        prompt = self.prompt(messages)
-        if prompt is None:
-            raise ModelGenerationError(
-                "kb cannot read reply probabilities when llm.chat_format hands prompt formatting to llama.cpp",
-                "set llm.chat_template instead of llm.chat_format, or refusal.check: similarity",
-            )
         import llama_cpp
 
-        # the template already wrote any BOS the model wants (llama-cpp-python's own chat handler does the same)
-        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        if len(tokens) >= self.context_length:
-            raise ModelGenerationError(
-                f"the check prompt has {len(tokens)} tokens, more than the {self.context_length} of the window",
-                "raise llm.n_ctx or lower refusal.passages",
-            )
+        tokens = self._prompt_tokens(messages)
         groups = [first_token_ids(words, self._encode_plain) for words in choices]
         with self._lock:
             self._llm.reset()
@@ -193,6 +181,47 @@ class LlamaCppModel:
             pointer = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
             logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
         return choice_logprobs(logits, groups)
+
+    def reply_logprob(self, messages: list[Message], reply: str) -> float:
+        """Evaluates the prompt, then the reply in one batch that returns logits for each of its positions."""
+        import llama_cpp
+
+        head = self._prompt_tokens(messages)
+        tail = self._encode_plain(reply)
+        window = head[-1:] + tail[:-1]  # position i predicts tail[i]
+        if not tail or len(head) + len(tail) >= self.context_length or len(window) > self._llm.n_batch:
+            raise ModelGenerationError(
+                f"cannot score a reply of {len(tail)} tokens after a prompt of {len(head)}",
+                "raise llm.n_ctx, or shorten the passages (splitter.chunk_size)",
+            )
+        with self._lock:
+            self._llm.reset()
+            self._llm.eval(head[:-1])
+            n_past = self._llm.n_tokens
+            self._llm._batch.set_batch(batch=window, n_past=n_past, logits_all=True)
+            self._llm._ctx.decode(self._llm._batch)
+            self._llm.input_ids[n_past : n_past + len(window)] = window
+            self._llm.n_tokens += len(window)
+            shape = (len(window), self._llm.n_vocab())
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._llm._ctx.ctx), shape=shape).copy()
+        return mean_token_logprob(logits, tail)
+
+    def _prompt_tokens(self, messages: list[Message]) -> list[int]:
+        """The prompt as kb's template writes it, tokenized like llama-cpp-python's chat handler does."""
+        prompt = self.prompt(messages)
+        if prompt is None:
+            raise ModelGenerationError(
+                "kb cannot read token probabilities when llm.chat_format hands prompt formatting to llama.cpp",
+                "set llm.chat_template instead of llm.chat_format, or refusal.check: similarity",
+            )
+        # the template already wrote any BOS the model wants
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if len(tokens) >= self.context_length:
+            raise ModelGenerationError(
+                f"a prompt of {len(tokens)} tokens does not fit the window of {self.context_length}",
+                "raise llm.n_ctx or lower retrieval.top_k",
+            )
+        return tokens
 
     def _encode_plain(self, text: str) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)

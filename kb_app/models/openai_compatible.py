@@ -277,6 +277,13 @@ class OpenAICompatibleModel:
             ) from exc
         return match_top_logprobs(pairs, choices)
 
+    def reply_logprob(self, messages: list[Message], reply: str) -> float:
+        """The chat API cannot score a given reply: the rerank stage keeps its order for this backend."""
+        raise ModelServerError(
+            "an OpenAI-compatible server cannot score a given reply",
+            "set rerank.model_passages to {} with the openai backend",
+        )
+
     def _events(self, response: httpx.Response) -> Iterator[str]:
         """Text deltas from a server-sent-event stream; a stream cut short is an error, not a short answer."""
         finished = False

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kb_app.models.base import Message
-from kb_app.models.choices import choice_logprobs, first_token_ids
+from kb_app.models.choices import choice_logprobs, first_token_ids, mean_token_logprob
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, TEMPLATES, family_from_tokens, resolve_template_setting
 
@@ -264,6 +264,19 @@ class TransformersModel:
                     "see the log; try a shorter question",
                 ) from exc
         return choice_logprobs(logits.float().cpu().numpy(), groups)
+
+    def reply_logprob(self, messages: list[Message], reply: str) -> float:
+        """One forward pass over prompt and reply; the reply's positions give its tokens' probabilities."""
+        import torch
+
+        head = self._tokenizer.encode(self.prompt(messages), add_special_tokens=False)
+        tail = self._tokenizer.encode(reply, add_special_tokens=False)
+        if not tail:
+            raise ModelGenerationError("cannot score an empty reply", "pass a reply with at least one token")
+        ids = torch.tensor([head + tail], device=self.device)
+        with self._lock, torch.inference_mode():
+            logits = self._model(input_ids=ids).logits[0, len(head) - 1 : -1]
+        return mean_token_logprob(logits.float().cpu().numpy(), tail)
 
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:
         import torch

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ingest.embedders import Embedder
 from ingest.knowledge_base import KnowledgeBase
-from kb_app.retrieval.base import Retriever
+from kb_app.chat.language import Language
+from kb_app.models.base import ChatModel, Message
+from kb_app.retrieval.base import Hit, Retriever
 from kb_app.retrieval.dense import DenseRetriever
 from kb_app.retrieval.hybrid import HybridRetriever
 from kb_app.retrieval.lexical import LexicalRetriever
-from kb_app.retrieval.rerank import RerankingRetriever, build_reranker
+from kb_app.retrieval.rerank import ModelRereadingRetriever, RerankingRetriever, build_reranker
 from kb_app.settings import RerankSettings, RetrievalSettings
 
 
 def build_retriever(
-    settings: RetrievalSettings, embedder: Embedder, kb: KnowledgeBase, rerank: RerankSettings | None = None
+    settings: RetrievalSettings,
+    embedder: Embedder,
+    kb: KnowledgeBase,
+    rerank: RerankSettings | None = None,
+    model: Callable[[], ChatModel] | None = None,
+    reading_prompt: Callable[[Hit, Language], list[Message]] | None = None,
 ) -> Retriever:
+    """``model`` and ``reading_prompt`` turn on the model re-read of ``rerank.model_passages``."""
     dense = DenseRetriever(embedder, kb.vectors)
     lexical = LexicalRetriever(kb.lexical, kb.vectors)
     retrievers: dict[str, Retriever] = {
@@ -23,7 +33,10 @@ def build_retriever(
         "hybrid": HybridRetriever(dense, lexical, embedder, kb.vectors, settings.fetch_k, settings.rrf_k),
     }
     base = retrievers[settings.mode]
-    reranker = build_reranker(rerank, kb.lexical) if rerank else None
-    if reranker is None:
+    if rerank is None:
         return base
-    return RerankingRetriever(base, reranker, rerank.candidates, rerank.languages)
+    reranker = build_reranker(rerank, kb.lexical)
+    ranked = base if reranker is None else RerankingRetriever(base, reranker, rerank.candidates, rerank.languages)
+    if model is None or reading_prompt is None or not any(n > 1 for n in rerank.model_passages.values()):
+        return ranked
+    return ModelRereadingRetriever(ranked, model, reading_prompt, rerank.model_passages, rerank.model_rank_weight)
