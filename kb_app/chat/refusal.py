@@ -76,8 +76,8 @@ class ModelCheck:
         if not self._similarity.sufficient(question, hits, language):
             return False
         threshold = self._min.get(language)
-        if threshold is None or not hits:
-            return bool(hits)
+        if threshold is None:  # a language the model check was not calibrated for
+            return True
         try:
             return self.log_odds(question, hits, language) >= threshold
         except KbError as exc:  # e.g. a server without logprobs: answer on similarity alone, and say so once

@@ -15,10 +15,8 @@ def first_token_ids(words: Sequence[str], encode: Callable[[str], list[int]]) ->
 
 def choice_logprobs(logits: np.ndarray, groups: Sequence[Sequence[int]]) -> list[float]:
     """Log of the total next-token probability of each group of token ids (``-inf`` for an empty group)."""
-    scores = np.asarray(logits, dtype=np.float64)
-    top = scores.max()
-    log_norm = top + math.log(float(np.exp(scores - top).sum()))
-    return [float(np.logaddexp.reduce(scores[list(g)]) - log_norm) if g else -math.inf for g in groups]
+    logprobs = _log_softmax(np.asarray(logits, dtype=np.float64)[None, :])[0]
+    return [float(np.logaddexp.reduce(logprobs[list(g)])) if g else -math.inf for g in groups]
 
 
 def match_top_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[Sequence[str]]) -> list[float]:
@@ -33,8 +31,11 @@ def match_top_logprobs(top: Sequence[tuple[str, float]], choices: Sequence[Seque
 
 def mean_token_logprob(logits: np.ndarray, tokens: Sequence[int]) -> float:
     """Mean log-probability of ``tokens``; row ``i`` of ``logits`` is the distribution ``tokens[i]`` came from."""
-    rows = np.asarray(logits, dtype=np.float64)
-    top = rows.max(axis=1, keepdims=True)
-    log_norm = (top + np.log(np.exp(rows - top).sum(axis=1, keepdims=True)))[:, 0]
-    picked = rows[np.arange(len(tokens)), list(tokens)]
-    return float((picked - log_norm).mean())
+    logprobs = _log_softmax(np.asarray(logits, dtype=np.float64))
+    return float(logprobs[np.arange(len(tokens)), list(tokens)].mean())
+
+
+def _log_softmax(rows: np.ndarray) -> np.ndarray:
+    """Each row of logits as log-probabilities, computed without overflow."""
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
