@@ -33,11 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from ingest.knowledge_base import KnowledgeBase  # noqa: E402
 from ingest.loaders import LoaderRegistry  # noqa: E402
-from ingest.pipeline import Ingestor, load_options  # noqa: E402
-from ingest.splitter import RecursiveSplitter  # noqa: E402
-from ingest.sync import sync_folder  # noqa: E402
+from ingest.pipeline import load_options  # noqa: E402
 from ingest.types import Chunk  # noqa: E402
-from ingest.vector_store import make_client  # noqa: E402
 from ingest.workers import WorkerPool  # noqa: E402
 from kb_app.assistant import Assistant  # noqa: E402
 from kb_app.settings import load_settings  # noqa: E402
@@ -116,8 +113,7 @@ def parse_corpus(corpus: Path, workers: int) -> tuple[str, dict]:
 
 def ingest_corpus(corpus: Path, home: Path) -> str:
     settings = load_settings(home=home, kb="formats")
-    assistant = Assistant(settings)
-    assistant.__dict__["embedder"] = FreeEmbedder()
+    assistant = Assistant(settings, embedder=FreeEmbedder())
     assistant.knowledge_base("formats")
     started = time.perf_counter()
     report = assistant.ingest([corpus], kb="formats")
@@ -156,10 +152,11 @@ def sample_token_lists(n: int = 400, size: int = 500) -> list[list[str]]:
 
 def delete_at_scale(home: Path, n_chunks: int, per_doc: int = 100) -> str:
     settings = load_settings(home=home, kb="big")
-    client = make_client(settings.store, settings.chroma_dir)
-    kb = KnowledgeBase.open(settings, client, FreeEmbedder.name, "big")
+    assistant = Assistant(settings, embedder=FreeEmbedder())
+    kb = assistant.knowledge_base("big")
+    directory = assistant.catalog.directory("big")
     embedder = FreeEmbedder()
-    lexical_dir = settings.kb_dir("big") / "lexical"
+    lexical_dir = directory / "lexical"
     lexical_dir.mkdir(parents=True, exist_ok=True)
     samples = sample_token_lists()
     started = time.perf_counter()
@@ -186,7 +183,7 @@ def delete_at_scale(home: Path, n_chunks: int, per_doc: int = 100) -> str:
                 tokens.write(json.dumps({"id": c.id, "t": toks}, ensure_ascii=False) + "\n")
             kb.manifest.commit(source)
     build = time.perf_counter() - started
-    kb = KnowledgeBase.open(settings, client, FreeEmbedder.name, "big")  # reads the token file
+    kb = KnowledgeBase.open(directory, assistant.client, FreeEmbedder.name, "big")  # reads the token file
     assert kb.vectors.count() == n_chunks == len(kb.lexical)
     kb.lexical.search("paragraph", 5)  # index built before the delete, as in a running app
     timings = []
@@ -226,20 +223,17 @@ def resync(home: Path, n_files: int) -> str:
             f"第{i}号通知：会议改到周{i % 7}下午。Note {i}.", "utf-8"
         )
     settings = load_settings(home=home / "kb", kb="sync")
-    assistant = Assistant(settings)
-    assistant.__dict__["embedder"] = FreeEmbedder()
-    kb = assistant.knowledge_base("sync")
-    ingestor = Ingestor(assistant.registry, RecursiveSplitter(settings.splitter), assistant.embedder, kb)
+    assistant = Assistant(settings, embedder=FreeEmbedder())
     t0 = time.perf_counter()
-    first = sync_folder(ingestor, kb, folder)
+    first = assistant.sync(folder, kb="sync")
     t1 = time.perf_counter()
-    again = sync_folder(ingestor, kb, folder)
+    again = assistant.sync(folder, kb="sync")
     t2 = time.perf_counter()
     now = time.time()
     for path in folder.rglob("*.txt"):
         os.utime(path, (now, now))
     t3 = time.perf_counter()
-    touched = sync_folder(ingestor, kb, folder)
+    touched = assistant.sync(folder, kb="sync")
     t4 = time.perf_counter()
     assert len(first.by_status("added")) == n_files
     assert len(again.by_status("unchanged")) == n_files == len(touched.by_status("unchanged"))

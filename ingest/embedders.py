@@ -8,8 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from kb_app.errors import ModelNotFoundError
-from kb_app.settings import EmbeddingSettings
+from ingest.errors import ModelNotFoundError
+from ingest.settings import EmbeddingSettings
 
 
 class Embedder(Protocol):
@@ -56,7 +56,7 @@ class SentenceTransformerEmbedder:
 
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.name = f"sentence-transformers/{Path(path).name}"
-        self.dimension = int(self._model.get_sentence_embedding_dimension() or 0)
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
         self._query_prefix = settings.query_prefix
         self._passage_prefix = settings.passage_prefix
         self._batch_size = settings.batch_size

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ingest.errors import KnowledgeBaseBusyError, StoreError
 from ingest.lexical_store import Bm25Store
+from ingest.locks import StoreLock, WriterLock, no_notice
 from ingest.manifest import Manifest
 from ingest.types import Chunk
 from ingest.vector_store import ChromaVectorStore
-from kb_app.settings import Settings
+
+
+def embedded_store_lock(client) -> StoreLock | None:
+    """The lock of the on-disk Chroma store ``client`` opens (see ``ingest.locks``); None for a Chroma server
+    (several processes may write to one) or an in-memory client."""
+    chroma = client.get_settings()
+    return StoreLock(Path(chroma.persist_directory)) if chroma.is_persistent else None
 
 
 @dataclass
@@ -19,34 +30,74 @@ class KnowledgeBase:
     vectors: ChromaVectorStore
     lexical: Bm25Store
     manifest: Manifest
-    settings: Settings | None = None
+    lock: WriterLock = field(repr=False, default=None)  # type: ignore[assignment]
+    store: StoreLock | None = field(repr=False, default=None)  # the embedded store's lock; None with a server
+    closed: bool = False
 
     @classmethod
-    def open(cls, settings: Settings, client, embedder_name: str, name: str | None = None) -> KnowledgeBase:
-        """Open (creating if needed) and repair anything a crashed ingest left half-written."""
-        name = name or settings.kb
-        directory = settings.kb_dir(name)
+    def open(cls, directory: Path, client, embedder_name: str, name: str) -> KnowledgeBase:
+        """Open the knowledge base in ``directory`` (its vectors: the collection named like the folder) and repair
+        anything a crashed ingest left half-written, if no writer is at work (its pending rows are its progress,
+        not leftovers) and no ``kb serve`` elsewhere holds the embedded store (it repairs on its next write)."""
         kb = cls(
             name=name,
-            vectors=ChromaVectorStore(client, name, embedder_name),
-            lexical=Bm25Store(directory / "lexical"),
+            vectors=ChromaVectorStore(client, directory.name, name, embedder_name),
+            lexical=Bm25Store(directory / "lexical", cache_dir=directory.parent / ".cache"),
             manifest=Manifest(directory / "manifest.sqlite"),
-            settings=settings,
+            lock=WriterLock(directory, name),
+            store=embedded_store_lock(client),
         )
-        kb.recover()
+        with contextlib.suppress(KnowledgeBaseBusyError), kb._store_shared():
+            kb.lock.run_if_free(kb.recover)
         return kb
 
+    def _store_shared(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.shared() if self.store is not None else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def writing(self, wait_s: float = 600.0, notice: Callable[[str], None] = no_notice) -> Iterator[None]:
+        """Hold the right to write for the block: the embedded store (refused at once while a ``kb serve`` in
+        another process holds it), then this knowledge base's writer lock (waiting for another writer).
+
+        Whoever takes the writer lock first removes what a crashed writer left: pending rows then have no living
+        writer, and a long-running server would otherwise keep them until it is restarted.
+        """
+        self._check_open()
+        with self._store_shared(), self.lock.held(wait_s, notice) as outermost:
+            if outermost:
+                self._check_open()  # deleted by the thread we waited for
+                self.remove_pending()
+            yield
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreError(
+                f"knowledge base '{self.name}' was deleted (or closed) while this was about to write to it",
+                "ingest into it again to create it anew (`kb ingest PATH --kb NAME`)",
+            )
+
+    def close(self) -> None:
+        self.closed = True
+        self.manifest.close()
+        self.lexical.close()
+
     def recover(self) -> list[str]:
-        """Remove the chunks of files whose ingest never finished; returns their sources.
+        """Remove the chunks of files whose ingest never finished (only ever call it holding the writer lock);
+        returns their sources.
 
         Then bring the lexical index in line with the manifest: a lost or partly written index would otherwise
         turn hybrid retrieval into dense-only for good, since re-ingesting skips unchanged files.
         """
+        broken = self.remove_pending()
+        self.repair_lexical()
+        return broken
+
+    def remove_pending(self) -> list[str]:
+        """Remove the chunks and rows of files still pending (a dead writer's leftovers); returns their sources."""
         broken = self.manifest.pending()
         for record in broken:
             self.remove_chunks(record.chunk_ids)
             self.manifest.remove(record.source)
-        self.repair_lexical()
         return [r.source for r in broken]
 
     def repair_lexical(self, batch: int = 500) -> int:

@@ -1,10 +1,10 @@
 """The ingest pipeline: load → split → embed → store, file by file, reporting every skip by name.
 
-Files are parsed in worker processes (``ingest.workers``) with a time and memory limit while the files before them
-are embedded here. Unchanged files (same size and mtime, else same sha256) are skipped without parsing; a file
-whose content is already stored under a name whose file is gone was moved, and is renamed without embedding; a
-copy of a stored file reuses its vectors. Every file that cannot be read is reported by name with the reason and
-recorded in the manifest as ``failed``; the rest of the batch always lands.
+Files are parsed and split in worker processes (``ingest.workers``, ``ingest.parse``) with a time and memory limit and
+per-file caps on text and chunks, while the files before them are embedded here. Unchanged files (same size and mtime,
+else same sha256) are skipped without parsing; a file whose content is already stored under a name whose file is gone
+was moved, and is renamed without embedding; a copy of a stored file reuses its vectors. Every file that cannot be read
+is reported by name with the reason and recorded in the manifest as ``failed``; the rest of the batch always lands.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Protocol
 import numpy as np
 
 from ingest.embedders import Embedder
+from ingest.errors import DocumentReadError, KbError
 from ingest.knowledge_base import KnowledgeBase
 from ingest.loaders import LoaderRegistry, LoadOptions, file_sha256
 from ingest.loaders.base import escape_controls
 from ingest.manifest import FileRecord, path_of, path_text
+from ingest.parse import FileParser, ParsedFile
+from ingest.settings import IngestSettings
 from ingest.splitter import Splitter, chunk_id
-from ingest.types import Chunk, LoadedDocument
+from ingest.types import Chunk
 from ingest.workers import shared_pool
-from kb_app.errors import DocumentReadError, KbError
-from kb_app.settings import IngestSettings
 
 EMBED_BATCH = 16
 WRITE_BATCH_CHUNKS = 512  # chunks written to the stores together, at most (ingest.write_batch_files: files)
@@ -72,16 +73,51 @@ class IngestReport:
         return f"{text}; {self.chunks_added} chunks in {self.seconds:.1f} s"
 
 
+class Refused(tuple):
+    """``(path, source)`` of a file found in a folder that will not be read, with the reason; the Ingestor reports
+    it as failed. A tuple of two, so callers that only unpack ``path, source`` treat it like any other file."""
+
+    reason: str
+
+    def __new__(cls, path: Path, source: str, reason: str) -> Refused:
+        item = super().__new__(cls, (path, source))
+        item.reason = reason
+        return item
+
+
 def expand_paths(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
-    """Files to ingest with their source names: a file keeps its name, a folder's files their relative path."""
+    """Files to ingest with their source names: a file keeps its name, a folder's files their relative path.
+
+    A file named directly is read wherever it points. In a folder, a symbolic link whose target lies outside the
+    folder is :class:`Refused` (a synced folder must not pull in ``~/.ssh/id_rsa`` through ``notes.txt``); links
+    to folders are not followed (one inside is reached anyway).
+    """
     for path in paths:
         if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = child.relative_to(path)
-                if not any(part.startswith(".") for part in rel.parts):
-                    yield child, rel.as_posix()
+            yield from _folder_files(path)
         else:
             yield path, path.name
+
+
+def _folder_files(folder: Path) -> Iterator[tuple[Path, str]]:
+    root = folder.resolve()
+    for child in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = child.relative_to(folder)
+        source = rel.as_posix()
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if child.is_symlink() and _points_outside(child, root):
+            kind = "folder" if child.is_dir() else "file"
+            yield Refused(child, source, f"{source}: a symbolic link to a {kind} outside the folder; skipped")
+        elif child.is_file():
+            yield child, source
+
+
+def _points_outside(link: Path, root: Path) -> bool:
+    try:
+        return not link.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a loop of links points nowhere, and is_file() skips it
+        return False
 
 
 def load_options(settings: IngestSettings) -> LoadOptions:
@@ -94,6 +130,7 @@ def load_options(settings: IngestSettings) -> LoadOptions:
         archive_max_mb=settings.archive_max_mb,
         archive_max_ratio=settings.archive_max_ratio,
         max_depth=settings.max_depth,
+        max_text_chars=settings.max_text_chars,
     )
 
 
@@ -127,14 +164,13 @@ class Ingestor:
         splitter: Splitter,
         embedder: Embedder,
         kb: KnowledgeBase,
-        settings: IngestSettings | None = None,
+        settings: IngestSettings,
     ) -> None:
         self._registry = registry
         self._splitter = splitter
         self._embedder = embedder
         self._kb = kb
-        kb_settings = getattr(kb, "settings", None)
-        self._settings = settings or (kb_settings.ingest if kb_settings is not None else IngestSettings())
+        self._settings = settings
         self._batch: list[_Queued] = []
 
     def ingest(
@@ -146,18 +182,29 @@ class Ingestor:
         """Ingest ``(path, source)`` pairs; a file that fails is reported and the batch goes on.
 
         ``retry_failed=False`` (sync) does not parse again a file that failed before and has not changed since.
+        The knowledge base's writer lock is held throughout (re-entrant: a caller may already hold it).
         """
+        with self._kb.writing(self._settings.lock_wait_s, lambda message: progress(0.0, message)):
+            return self._ingest(files, progress, retry_failed)
+
+    def _ingest(
+        self, files: Iterable[tuple[Path, str]], progress: ProgressCallback, retry_failed: bool
+    ) -> IngestReport:
         started = time.perf_counter()
         self._batch = []
         todo = list(files)
         total = max(len(todo), 1)
         outcomes: list[FileOutcome | None] = [None] * len(todo)
         jobs: list[_Job] = []
-        for i, (path, name) in enumerate(todo):
+        for i, item in enumerate(todo):
+            path, name = item
             source = escape_controls(name)
             notes = [] if source == name else [f"{source}: the name has control characters or undecodable bytes"]
             try:
-                checked = self._check(i, Path(path), source, notes, retry_failed)
+                if isinstance(item, Refused):
+                    checked = self._refuse(source, escape_controls(item.reason))
+                else:
+                    checked = self._check(i, Path(path), source, notes, retry_failed)
             except OSError as exc:
                 checked = FileOutcome(source, "failed", reason=f"{source}: cannot read ({exc.strerror or exc})")
             except KbError as exc:
@@ -168,13 +215,10 @@ class Ingestor:
                 outcomes[i] = checked
         first = len(todo) - len(jobs)
         progress(first / total, f"{len(jobs)} file(s) to read")
-        options = load_options(self._settings)
+        parse = FileParser(self._registry, self._splitter, load_options(self._settings), self._settings.max_chunks)
         pool = shared_pool(self._settings.workers, self._settings.memory_mb)
         results = pool.map(
-            self._registry.load_with_notes,
-            [(job.path, job.source, options) for job in jobs],
-            [job.source for job in jobs],
-            self._settings.timeout_s,
+            parse, [(job.path, job.source) for job in jobs], [job.source for job in jobs], self._settings.timeout_s
         )
         try:
             for k, job in enumerate(jobs):
@@ -187,9 +231,8 @@ class Ingestor:
                 if result.error is not None:
                     outcomes[job.index] = self._failed(job, result.error)
                     continue
-                document, notes = result.value
                 try:
-                    outcomes[job.index] = self._ingest_document(job, document, job.notes + notes, step)
+                    outcomes[job.index] = self._ingest_parsed(job, result.value, step)
                 except KbError as exc:
                     outcomes[job.index] = self._failed(job, exc)
             self._flush()
@@ -239,17 +282,23 @@ class Ingestor:
                     return self._write(job, chunks, vectors, [*notes, note], "added")
         return job
 
-    def _ingest_document(self, job: _Job, document: LoadedDocument, notes: list[str], step) -> FileOutcome:
-        chunks = self._splitter.split(document)
-        if not chunks:
-            raise DocumentReadError(f"{job.source}: no text found")
+    def _refuse(self, source: str, reason: str) -> FileOutcome:
+        """A file that will not be read; whatever an earlier version of kb stored from it is taken out."""
+        previous = self._kb.manifest.get(source)
+        if previous is not None and previous.status == "done":
+            self._kb.remove_files([source])
+            reason += "; what was stored from it before was removed"
+        return FileOutcome(source, "failed", reason=reason)
+
+    def _ingest_parsed(self, job: _Job, parsed: ParsedFile, step) -> FileOutcome:
+        chunks = parsed.chunks
         vectors = []
         for start in range(0, len(chunks), EMBED_BATCH):
             vectors.extend(self._embedder.embed_passages([c.indexed_text for c in chunks[start : start + EMBED_BATCH]]))
             step(0.95 * min(start + EMBED_BATCH, len(chunks)) / len(chunks))
-        job.sha256, job.size = document.sha256, document.size
+        job.sha256, job.size = parsed.sha256, parsed.size
         status = "replaced" if job.previous and job.previous.status == "done" else "added"
-        return self._write(job, chunks, np.vstack(vectors), notes, status)
+        return self._write(job, chunks, np.vstack(vectors), job.notes + parsed.notes, status)
 
     def _write(self, job: _Job, chunks: list[Chunk], vectors: np.ndarray, notes: list[str], status: str) -> FileOutcome:
         """Queue one file's chunks for the next batched write (see :meth:`_flush`)."""

@@ -14,8 +14,8 @@ from typing import Protocol
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from ingest.settings import SplitterSettings
 from ingest.types import Chunk, LoadedDocument
-from kb_app.settings import SplitterSettings
 
 # Paragraphs first, then lines, then sentence ends (zh full-width and en), then clauses, then words.
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", ", ", " ", ""]
@@ -87,12 +87,21 @@ def _is_body(line: str, title: str) -> bool:
 
 def section_starts(text: str, title: str = "") -> list[int]:
     """Offsets where sections begin: at each heading, so no chunk runs across one; a title or headings with no
-    text of their own before the next heading stay with it."""
+    text of their own before the next heading stay with it.
+
+    Each line is looked at once (headings start lines, so the text between two of them splits into whole lines):
+    a document of nothing but headings is as quick as any other.
+    """
     starts = [0]
+    scanned = 0
+    has_body = False
     for match in _ATX_HEADING.finditer(text):
-        body = text[starts[-1] : match.start()].splitlines()
-        if match.start() > 0 and any(_is_body(line, title) for line in body):
-            starts.append(match.start())
+        at = match.start()
+        has_body = has_body or any(_is_body(line, title) for line in text[scanned:at].splitlines())
+        scanned = at
+        if at > 0 and has_body:
+            starts.append(at)
+            has_body = False
     return starts
 
 
@@ -110,8 +119,6 @@ class RecursiveSplitter:
     """Splits on paragraph, sentence (。！？；. ! ?) and clause boundaries before falling back to characters."""
 
     def __init__(self, settings: SplitterSettings) -> None:
-        if settings.chunk_overlap >= settings.chunk_size:
-            raise ValueError("splitter.chunk_overlap must be smaller than splitter.chunk_size")
         self._splitter = RecursiveCharacterTextSplitter(
             chunk_size=settings.chunk_size,
             chunk_overlap=settings.chunk_overlap,

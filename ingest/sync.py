@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ingest.errors import KbError
 from ingest.knowledge_base import KnowledgeBase
 from ingest.manifest import path_of, path_text
 from ingest.pipeline import FileOutcome, Ingestor, IngestReport, ProgressCallback, _no_progress, expand_paths
-from kb_app.errors import KbError
 
 
 def sync_folder(
@@ -47,19 +47,20 @@ def _under(stored: str, folder: Path) -> bool:
 
 
 def watch_folder(
-    ingestor: Ingestor,
-    kb: KnowledgeBase,
-    folder: Path,
+    sync: Callable[[], IngestReport],
     on_report: Callable[[IngestReport], None],
     interval_s: float = 5.0,
     stop: threading.Event | None = None,
-    progress: ProgressCallback = _no_progress,
 ) -> None:
-    """Sync every ``interval_s`` seconds until ``stop`` is set; reports only syncs that changed something."""
+    """Call ``sync`` every ``interval_s`` seconds until ``stop`` is set; reports only syncs that changed something.
+
+    ``sync`` is one whole sync (``Assistant.sync`` takes the writer lock for each, so other writers get their
+    turn between two of them).
+    """
     stop = stop or threading.Event()
     known_failures: set[str] = set()
     while not stop.is_set():
-        report = sync_folder(ingestor, kb, folder, progress)
+        report = sync()
         failures = {f.source for f in report.failed}
         if failures != known_failures or any(f.status not in ("unchanged", "failed") for f in report.files):
             on_report(report)

@@ -1,23 +1,20 @@
 """Where vectors are stored: Chroma, embedded on disk by default or a Chroma server by configuration.
 
-One collection per knowledge base; deletes go by the chunk ids the manifest keeps, never by a ``where`` scan.
+One collection per knowledge base, named by its id (``ingest.kb_names``); deletes go by the chunk ids the
+manifest keeps, never by a ``where`` scan.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ingest.errors import StoreError
+from ingest.settings import StoreSettings
 from ingest.types import Chunk, indexed_text
-from kb_app.errors import KbError
-from kb_app.settings import StoreSettings
-
-_VALID_COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -38,13 +35,6 @@ class StoredChunk:
         return indexed_text(self.heading, self.text)
 
 
-def collection_name(kb: str) -> str:
-    """Chroma allows only [A-Za-z0-9._-]; other names (Chinese, spaces) get a stable hashed name."""
-    if _VALID_COLLECTION.match(kb):
-        return kb
-    return "kb-" + hashlib.sha1(kb.encode()).hexdigest()[:20]
-
-
 def make_client(settings: StoreSettings, chroma_dir: Path):  # -> chromadb.api.ClientAPI
     """An embedded client on disk, or an HTTP client for a Chroma server; telemetry off in both."""
     import chromadb
@@ -55,7 +45,7 @@ def make_client(settings: StoreSettings, chroma_dir: Path):  # -> chromadb.api.C
         try:
             return chromadb.HttpClient(host=settings.host, port=settings.port, settings=chroma_settings)
         except Exception as exc:
-            raise KbError(
+            raise StoreError(
                 f"cannot reach the Chroma server at {settings.host}:{settings.port} ({exc})",
                 "start it (`chroma run --path DIR --port PORT`) or set store.mode: embedded",
             ) from exc
@@ -66,15 +56,15 @@ def make_client(settings: StoreSettings, chroma_dir: Path):  # -> chromadb.api.C
 class ChromaVectorStore:
     """The vectors of one knowledge base."""
 
-    def __init__(self, client, kb: str, embedder_name: str) -> None:
+    def __init__(self, client, collection: str, kb: str, embedder_name: str) -> None:
         self._collection = client.get_or_create_collection(
-            name=collection_name(kb),
+            name=collection,
             metadata={"hnsw:space": "cosine", "kb_name": kb, "embedder": embedder_name},
             embedding_function=None,
         )
         stored = (self._collection.metadata or {}).get("embedder")
         if stored and stored != embedder_name:
-            raise KbError(
+            raise StoreError(
                 f"knowledge base '{kb}' was built with the embedder {stored}, not {embedder_name}",
                 "use the embedder it was built with, or ingest into a new knowledge base",
             )
@@ -141,15 +131,3 @@ def _stored(cid: str, doc: str | None, meta, score: float) -> StoredChunk:
         score=score,
         heading=str(meta.get("heading", "")),
     )
-
-
-def list_knowledge_bases(client) -> list[str]:
-    names = []
-    for collection in client.list_collections():
-        meta = collection.metadata or {}
-        names.append(str(meta.get("kb_name", collection.name)))
-    return sorted(names)
-
-
-def delete_knowledge_base(client, kb: str) -> None:
-    client.delete_collection(collection_name(kb))

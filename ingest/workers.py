@@ -1,13 +1,13 @@
 """Parsing in worker processes, so that one hostile file cannot take the app down.
 
-Each worker is a separate process (started by a fork server that has the loaders imported, so a fresh worker costs
-milliseconds) with an address-space limit (``RLIMIT_AS``). The parent gives every task a deadline: a worker that
-overruns it is killed together with anything it started (tesseract), a worker that crashes (a C parser's segfault)
-or runs out of memory is replaced, and the task comes back as an error naming the file. Results come back in
-submission order while later files are already being parsed, so parsing overlaps with embedding.
+Each worker is a separate process (started by a fork server that has the loaders and the splitter imported, so a fresh
+worker costs milliseconds) with an address-space limit (``RLIMIT_AS``). The parent gives every task a deadline: a worker
+that overruns it is killed together with anything it started (tesseract), a worker that crashes (a C parser's segfault)
+or runs out of memory is replaced, and the task comes back as an error naming the file. Results come back in submission
+order while later files are already being parsed, so parsing overlaps with embedding.
 
-Workers die with the app: they watch their parent (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the app leaves no
-parser running.
+Workers die with the app: they watch their parent (``PR_SET_PDEATHSIG``), so a ``kill -9`` of the app leaves no parser
+running.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any
 
-from kb_app import errors
-from kb_app.errors import DocumentReadError, KbError
+from ingest import errors
+from ingest.errors import DocumentReadError, KbError
 
 _PR_SET_PDEATHSIG = 1
+PRELOAD = ("ingest.loaders", "ingest.splitter")  # what an ingest's tasks import, so a fresh worker starts warm
 MEMORY_HINT = "raise ingest.memory_mb in kb.yaml if the file is genuine, or split it"
 TIMEOUT_HINT = "raise ingest.timeout_s in kb.yaml if the file is genuine (OCR of long scans takes time), or split it"
 
@@ -106,7 +107,7 @@ def _worker_main(conn, memory_mb: int) -> None:
 def _context():
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["ingest.loaders"])
+        ctx.set_forkserver_preload(list(PRELOAD))
         return ctx
     return mp.get_context("spawn")
 

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from kb_app.errors import KbError
+from kb_app.errors import KbError, KnowledgeBaseNotFoundError
 from kb_app.settings import Settings, load_settings
 
 app = typer.Typer(
     help="kb: ask your documents, privately. Everything runs on this machine; nothing is downloaded.\n\n"
-    "Settings come from defaults < kb.yaml < KB_* environment < these flags.",
+    "Settings come from defaults < ~/.config/kb/kb.yaml (or $KB_CONFIG) < KB_* environment < these flags.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -117,26 +117,18 @@ def sync(
     Moved or renamed files keep their vectors (matched by sha256); files that failed before are retried only
     when they change.
     """
-    from ingest.pipeline import Ingestor
-    from ingest.splitter import RecursiveSplitter
-    from ingest.sync import sync_folder, watch_folder
-
     settings = _settings(ctx, kb=kb, **{"ingest.password": password})
     if not folder.is_dir():
-        raise KbError(f"no such folder: {folder}")
+        raise KbError(f"no such folder: {folder}", "give the folder to keep the knowledge base in step with")
     assistant = _assistant(settings)
-    knowledge_base = assistant.knowledge_base()
-    ingestor = Ingestor(
-        assistant.registry, RecursiveSplitter(settings.splitter), assistant.embedder, knowledge_base, settings.ingest
-    )
     if not watch:
         with _progress_bar(as_json) as bar:
-            report = sync_folder(ingestor, knowledge_base, folder, _bar_callback(bar))
+            report = assistant.sync(folder, progress=_bar_callback(bar))
         _print_report(report, settings.kb, as_json)
         return
     typer.echo(f"watching {folder} (every {interval:g} s); Ctrl-C stops", err=True)
     try:
-        watch_folder(ingestor, knowledge_base, folder, lambda r: _print_report(r, settings.kb, as_json), interval)
+        assistant.watch(folder, lambda r: _print_report(r, settings.kb, as_json), interval_s=interval)
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
 
@@ -230,8 +222,8 @@ def files(
     as_json: JsonOption = False,
 ) -> None:
     """List the files in a knowledge base."""
-    manifest = _assistant(_settings(ctx, kb=kb)).knowledge_base(create=False).manifest
-    records = manifest.failures() if failed else manifest.all()
+    assistant = _assistant(_settings(ctx, kb=kb))
+    records = assistant.failures() if failed else assistant.files()
     if as_json:
         _emit(
             [
@@ -251,8 +243,7 @@ def remove(
     kb: KbOption = None,
 ) -> None:
     """Remove one file and its chunks from a knowledge base."""
-    if not _assistant(_settings(ctx, kb=kb)).knowledge_base(create=False).remove_file(source):
-        raise KbError(f"'{source}' is not in the knowledge base", "`kb files` lists what is there")
+    _assistant(_settings(ctx, kb=kb)).remove_file(source)
     typer.echo(f"removed {source}")
 
 
@@ -263,9 +254,12 @@ def drop(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a whole knowledge base (its vectors, index and manifest; your files are untouched)."""
+    assistant = _assistant(_settings(ctx))
+    if not assistant.has_knowledge_base(name):  # checks the name first: a path is never a knowledge base
+        raise KnowledgeBaseNotFoundError(f"there is no knowledge base named '{name}'", "`kb list` shows them")
     if not yes:
         typer.confirm(f"Delete knowledge base '{name}'?", abort=True)
-    _assistant(_settings(ctx)).delete_knowledge_base(name)
+    assistant.delete_knowledge_base(name)
     typer.echo(f"deleted {name}")
 
 
@@ -306,6 +300,11 @@ def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         typer.echo(f"    context:       {info.context_length or '-'} tokens")
         if info.note:
             typer.echo(f"    note:          {info.note}")
+        can = {"scores replies (rerank.model_passages)": info.scores_replies}
+        can["reads first-token probabilities (refusal.check: model)"] = info.reads_first_token_logprobs
+        typer.echo(f"    can:           {', '.join(k for k, v in can.items() if v) or '-'}")
+        if cannot := [k for k, v in can.items() if not v]:
+            typer.echo(f"    cannot:        {', '.join(cannot)}")
     typer.echo("* = in use. `kb models check` loads it and generates a few tokens.")
 
 

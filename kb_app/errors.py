@@ -1,31 +1,75 @@
-"""Errors a user can act on: each says what went wrong and what to do about it."""
+"""Errors a user can act on: each says what went wrong (``message``) and what to do about it (``hint``).
+
+The tree (a caller catches a family; the coming API maps each family to one HTTP status)::
+
+    KbError
+    ├── SettingsError                 a bad value, an unknown key, an untrusted config file
+    ├── StoreError                    Chroma server unreachable, collection built with another embedder
+    │   └── KnowledgeBaseBusyError    another process writes to it, or `kb serve` holds the embedded store
+    ├── KnowledgeBaseNameError        a name with a path separator, '..', control characters, or too long
+    ├── KnowledgeBaseNotFoundError    no knowledge base of that name
+    ├── DocumentError                 one file could not be ingested (the batch goes on)
+    │   ├── UnsupportedFileError
+    │   └── DocumentReadError         corrupt, encrypted, empty, over a limit
+    └── ModelError
+        ├── ModelNotFoundError        no such file or directory, or a hub name while offline
+        ├── ModelLoadError            files there but not loadable
+        ├── ModelGenerationError      loaded, failed while answering
+        └── ModelServerError          an OpenAI-compatible server unreachable, slow or broken off
+            └── LogprobsUnavailableError   it sent no log-probabilities (the caller may fall back)
+
+Ingestion's errors are defined in ``ingest.errors`` (``ingest`` never imports ``kb_app``) and re-exported here.
+"""
 
 from __future__ import annotations
 
+from ingest.errors import (
+    DocumentError,
+    DocumentReadError,
+    KbError,
+    KnowledgeBaseBusyError,
+    KnowledgeBaseNameError,
+    ModelError,
+    ModelNotFoundError,
+    SettingsError,
+    StoreError,
+    UnsupportedFileError,
+)
 
-class KbError(Exception):
-    """Base class: ``str(error)`` is a complete message for a person, ``hint`` says what to do."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return f"{self.message}\n  → {self.hint}" if self.hint else self.message
-
-
-class ModelNotFoundError(KbError):
-    """A configured model file or directory does not exist, or a hub name was given while offline."""
-
-
-class UnsupportedFileError(KbError):
-    """The file's format is not one kb can read."""
-
-
-class DocumentReadError(KbError):
-    """The file has a supported format but could not be read (corrupt, encrypted, empty)."""
+__all__ = [
+    "DocumentError",
+    "DocumentReadError",
+    "KbError",
+    "KnowledgeBaseBusyError",
+    "KnowledgeBaseNameError",
+    "KnowledgeBaseNotFoundError",
+    "LogprobsUnavailableError",
+    "ModelError",
+    "ModelGenerationError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelServerError",
+    "SettingsError",
+    "StoreError",
+    "UnsupportedFileError",
+]
 
 
 class KnowledgeBaseNotFoundError(KbError):
     """The named knowledge base does not exist."""
+
+
+class ModelLoadError(ModelError):
+    """The model's files are there but cannot be loaded: wrong format, a missing package, no GPU, remote code."""
+
+
+class ModelGenerationError(ModelError):
+    """The model was loaded but failed while generating an answer."""
+
+
+class ModelServerError(ModelError):
+    """An OpenAI-compatible model server is unreachable, too slow, refused the request, or broke off an answer."""
+
+
+class LogprobsUnavailableError(ModelServerError):
+    """A server sent no log-probabilities when asked for them: only a request tells, so callers may fall back."""

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from ingest.pipeline import IngestReport
 from kb_app.assistant import Assistant
 from kb_app.chat.citations import strip_markers
-from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
+from kb_app.errors import DocumentError
+from kb_app.language import Language, detect_language
 from kb_app.retrieval.base import Hit
 from kb_app.settings import RetrievalSettings
 
@@ -130,7 +131,10 @@ def ensure_ingested(assistant: Assistant, docs_dir: Path, kb: str, show_progress
         report = assistant.ingest([Path(docs_dir)], kb=kb, progress=progress)
     if report.failed:
         reasons = "; ".join(f.reason for f in report.failed[:3])
-        raise RuntimeError(f"{len(report.failed)} files failed to ingest into {kb}: {reasons}")
+        raise DocumentError(
+            f"{len(report.failed)} files failed to ingest into {kb}: {reasons}",
+            "an evaluation needs every document of its set; fix or remove those files",
+        )
     return report
 
 

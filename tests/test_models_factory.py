@@ -18,8 +18,17 @@ from kb_app.chat.prompt import PromptBuilder
 from kb_app.cli import app
 from kb_app.errors import ModelNotFoundError
 from kb_app.models import bundled
+from kb_app.models.base import Capabilities
 from kb_app.models.errors import ModelLoadError
-from kb_app.models.factory import BACKENDS, DESCRIBERS, build_chat_model, describe_models, resolve_hf_dir
+from kb_app.models.factory import (
+    BACKENDS,
+    CAPABILITIES,
+    DESCRIBERS,
+    backend_capabilities,
+    build_chat_model,
+    describe_models,
+    resolve_hf_dir,
+)
 from kb_app.models.llama_cpp import LlamaCppModel
 from kb_app.models.openai_compatible import OpenAICompatibleModel
 from kb_app.retrieval.base import Hit
@@ -41,7 +50,7 @@ def empty_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_every_backend_has_a_constructor_and_a_description() -> None:
     backends = set(get_args(LlmSettings.model_fields["backend"].annotation))
-    assert backends == set(BACKENDS) == set(DESCRIBERS) == {"llama_cpp", "transformers", "openai"}
+    assert backends == set(BACKENDS) == set(DESCRIBERS) == set(CAPABILITIES) == {"llama_cpp", "transformers", "openai"}
 
 
 def test_backend_is_chosen_by_settings_alone(monkeypatch: pytest.MonkeyPatch, tiny_glm: TinyGlm) -> None:  # noqa: F811
@@ -106,6 +115,7 @@ def test_cli_models_list_and_check(tiny_glm: TinyGlm) -> None:  # noqa: F811
     assert active["size_bytes"] == tiny_glm.gguf_q4_no_template.stat().st_size
     assert "kb's glm4 template" in active["note"] and "chatglm" in active["note"]
     assert not default["active"] and default["quantization"] == bundled.QUANTIZATION
+    assert active["scores_replies"] and active["reads_first_token_logprobs"]
 
     checked = runner.invoke(app, ["--gguf", str(tiny_glm.gguf_q4_no_template), "models", "check", "--json"])
     assert checked.exit_code == 0, checked.output
@@ -114,6 +124,40 @@ def test_cli_models_list_and_check(tiny_glm: TinyGlm) -> None:  # noqa: F811
 
     text = runner.invoke(app, ["--gguf", str(tiny_glm.gguf_q4), "models", "list"])
     assert "Q4_0" in text.output and "2048 tokens" in text.output and " KB" in text.output
+    assert "can:           scores replies" in text.output
+
+
+def test_capabilities_are_known_from_settings_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is loaded or contacted: a server on a dead port and a GGUF that does not exist are fine."""
+    monkeypatch.setenv("KB_LLM__BACKEND", "openai")
+    monkeypatch.setenv("KB_LLM__BASE_URL", "http://127.0.0.1:9/v1")
+    server = load_settings()
+    assert backend_capabilities(server.llm) == Capabilities(scores_replies=False, reads_first_token_logprobs=True)
+    (listed,) = [i for i in describe_models(server.llm, server.cache_dir) if i.active]
+    assert not listed.scores_replies and listed.reads_first_token_logprobs
+    missing = LlmSettings(gguf_path=Path("/nonexistent.gguf"))
+    assert backend_capabilities(missing) == Capabilities(True, True)
+    assert backend_capabilities(missing.model_copy(update={"chat_format": "chatml"})) == Capabilities(False, False)
+    assert backend_capabilities(LlmSettings(backend="transformers")) == Capabilities(True, True)
+
+
+def test_the_model_reread_is_built_only_for_a_backend_that_scores_replies(settings: Settings, tmp_path: Path) -> None:
+    """rerank.model_passages asks for the model re-read; with a server (which cannot score a reply) the retriever
+    is built without it, known from settings before any model is loaded, so a search never contacts the server."""
+    from kb_app.assistant import Assistant
+    from kb_app.retrieval.rerank import ModelRereadingRetriever
+
+    doc = tmp_path / "leave.txt"
+    doc.write_text("Employees get fifteen days of paid leave.\n\nThe office closes at six on Fridays.", "utf-8")
+    rerank = settings.rerank.model_copy(update={"model_passages": {"en": 3}})
+    for backend, rereads in (("openai", False), ("llama_cpp", True)):
+        llm = LlmSettings(backend=backend, base_url="http://127.0.0.1:9/v1", max_retries=0)
+        assistant = Assistant(settings.model_copy(update={"llm": llm, "rerank": rerank}))
+        assistant.ingest([doc])
+        assert isinstance(assistant.retriever(), ModelRereadingRetriever) == rereads
+        if not rereads:
+            assert assistant.search("How many days of paid leave?", k=1)[0].chunk.source == "leave.txt"
+        assert assistant._model is None  # decided without loading the model
 
 
 def test_describe_transformers_and_the_unassembled_default(tiny_glm: TinyGlm, tmp_path: Path) -> None:  # noqa: F811
@@ -132,7 +176,7 @@ def test_context_budget_uses_the_glm_tokenizer_and_drops_lowest_ranked(tiny_glm:
     max_tokens = 64
     hits = [
         Hit(
-            StoredChunk(f"id{n}", f"第{n}段：知识库根据你自己的文档回答问题。" * 6, f"doc{n}.txt", None, 0, 1, 0.9),
+            StoredChunk(f"id{n}", f"第{n}段：知识库根据你自己的文档回答问题。" * 3, f"doc{n}.txt", None, 0, 1, 0.9),
             1 / n,
         )
         for n in range(1, 9)
@@ -142,7 +186,7 @@ def test_context_budget_uses_the_glm_tokenizer_and_drops_lowest_ranked(tiny_glm:
     )
     assert 1 <= len(kept) < len(hits)
     assert [h.chunk.id for h in kept] == [f"id{n}" for n in range(1, len(kept) + 1)]  # the best ones stay
-    prompt_tokens = model.count_tokens(model.prompt(messages))  # the real prompt, template included
+    prompt_tokens = len(model._prompt_tokens(messages))  # the real prompt, template included, as evaluated
     assert prompt_tokens + max_tokens <= model.context_length
     assert "".join(model.stream(messages, max_tokens, 0.0)) == "hello world"  # and llama.cpp accepts it
 

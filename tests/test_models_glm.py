@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import math
 import shutil
 import threading
 import time
@@ -18,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kb_app.models.base import Message
-from kb_app.models.errors import ModelLoadError
-from kb_app.models.factory import build_chat_model
+from kb_app.models.base import Capabilities, Message
+from kb_app.models.errors import ModelGenerationError, ModelLoadError
+from kb_app.models.factory import backend_capabilities, build_chat_model, capabilities_of
 from kb_app.models.glm_templates import (
     CHATGLM3_TEMPLATE,
     GLM4_TEMPLATE,
@@ -33,6 +32,7 @@ from kb_app.models.glm_templates import (
 from kb_app.models.llama_cpp import LlamaCppModel
 from kb_app.models.transformers_backend import TransformersModel, quantization_config
 from kb_app.settings import LlmSettings
+from tests.contracts import ChatModelContract
 from tests.glm_fixture import (
     CHATGLM3_HF_TEMPLATE,
     CHATGLM3_SPECIAL_TOKENS,
@@ -54,7 +54,6 @@ CONVERSATIONS: list[list[Message]] = [
 ]
 RAW = "{{ messages[0]['content'] }}"  # a template that sends the bare text, so no turn ever starts or ends
 PING: list[Message] = [{"role": "user", "content": "ping"}]
-SAMPLE = "你好，世界 hello world 1234567 <|user|> what's new?\n\n"
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +61,6 @@ def hf_tokenizer(tiny_glm: TinyGlm):  # noqa: F811
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_glm.hf_dir, local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def q4_model(tiny_glm: TinyGlm) -> LlamaCppModel:  # noqa: F811
-    return LlamaCppModel(tiny_glm.gguf_q4, n_ctx=4096, n_threads=2)
 
 
 def _hf_ids(tokenizer, messages: list[Message]) -> list[int]:
@@ -177,52 +171,77 @@ def test_llama_cpp_q4_streams_and_stops(tiny_glm: TinyGlm, variant: str, source:
     assert list(model.stream(messages, max_tokens=1, temperature=0.0)) == ["hello"]
 
 
-def test_llama_cpp_reads_the_first_reply_tokens_probabilities(q4_model: LlamaCppModel) -> None:
-    """The refusal check's yes/no reading: "hello" is the tiny GLM's certain first reply, and reading it leaves
-    the context in a state the next answer can reuse."""
-    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
-    hello, world, pong = q4_model.reply_start_logprobs(messages, [["hello"], ["world", " world"], ["pong", " pong"]])
-    assert math.log(0.5) < hello <= 0.0 and world < hello and pong < hello
-    assert "".join(q4_model.stream(messages, max_tokens=32, temperature=0.0)) == "hello world"
+GLM_SPECIALS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "[gMASK]", "<sop>", "<|endoftext|>")
+ASK: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
 
 
-def test_llama_cpp_scores_a_given_reply(q4_model: LlamaCppModel) -> None:
-    """The rerank stage's query likelihood: the tiny GLM's own reply scores far above one it never gives."""
-    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
-    own = q4_model.reply_logprob(messages, "hello world")
-    assert math.log(0.5) < own <= 0.0 and q4_model.reply_logprob(messages, "pong ping") < own - 1.0
-    assert "".join(q4_model.stream(messages, max_tokens=32, temperature=0.0)) == "hello world"
+class TestLlamaCppContract(ChatModelContract):
+    """The ChatModel contract for the llama_cpp backend on the tiny GLM (Q4_0)."""
+
+    ASK = ASK
+    SPECIALS = GLM_SPECIALS
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def llm_settings(cls, tiny_glm: TinyGlm) -> LlmSettings:  # noqa: F811
+        return LlmSettings(gguf_path=tiny_glm.gguf_q4, n_ctx=4096, n_threads=2)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, llm_settings: LlmSettings) -> LlamaCppModel:
+        return build_chat_model(llm_settings, Path("unused-cache"))  # type: ignore[return-value]
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def looping(cls, tiny_glm: TinyGlm) -> tuple[LlamaCppModel, list[Message]]:  # noqa: F811
+        """Without the chat template the tiny model loops "ping pong" forever: only max_tokens ends it."""
+        return LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2, chat_template=RAW), PING
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reference_count(cls, hf_tokenizer):
+        return lambda text: len(hf_tokenizer.encode(text, add_special_tokens=False))
+
+    def evaluated_ids(self, model, messages):
+        return model._prompt_tokens(messages)
+
+    def special_ids(self, model):
+        return {model._special_id(s) for s in self.SPECIALS} - {None}
+
+    def decode(self, model, ids):
+        return model._llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
 
 
-def test_llama_cpp_counts_with_the_models_tokenizer(q4_model: LlamaCppModel, hf_tokenizer) -> None:
-    assert q4_model.count_tokens(SAMPLE) == len(hf_tokenizer.encode(SAMPLE, add_special_tokens=False))
-    assert LlamaCppModel(q4_model.path, n_ctx=512, n_threads=2).context_length == 512
+def test_llama_cpp_context_length_follows_n_ctx(tiny_glm: TinyGlm) -> None:  # noqa: F811
+    assert LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2).context_length == 512
 
 
-def test_llama_cpp_max_tokens_and_early_stop(tiny_glm: TinyGlm) -> None:  # noqa: F811
-    """Without the chat template the tiny model loops "ping pong" forever: only max_tokens ends it."""
-    model = LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2, chat_template=RAW)
-    assert model.template_source == "llm.chat_template"
-    text = "".join(model.stream(PING, max_tokens=20, temperature=0.0))
-    assert text.startswith(" pong ping pong") and model.count_tokens(text) == 20
-    stream = model.stream(PING, max_tokens=400, temperature=0.0)
-    assert next(stream) == " pong"
-    stream.close()  # the user stopped the answer; the model is free for the next question at once
-    assert model.count_tokens("".join(model.stream(PING, 5, 0.0))) == 5
+def test_llama_cpp_chat_format_declares_no_probabilities(tiny_glm: TinyGlm) -> None:  # noqa: F811
+    """llama.cpp formats the prompt itself with llm.chat_format, so kb cannot read its token probabilities: the
+    model says so, and so does the factory from settings alone."""
+    settings = LlmSettings(gguf_path=tiny_glm.gguf_q4, n_ctx=512, n_threads=2, chat_format="chatml")
+    model = build_chat_model(settings, Path("unused-cache"))
+    assert backend_capabilities(settings) == capabilities_of(model) == Capabilities(False, False)
+    with pytest.raises(ModelGenerationError):
+        model.reply_logprob(ASK, "hello")
 
 
 # -- transformers backend ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def int8_model(tiny_glm: TinyGlm) -> TransformersModel:  # noqa: F811
-    settings = LlmSettings(backend="transformers", hf_path=str(tiny_glm.hf_dir), quantization="int8", device="cpu")
-    model = build_chat_model(settings, Path("unused-cache"))
+def int8_settings(tiny_glm: TinyGlm) -> LlmSettings:  # noqa: F811
+    return LlmSettings(backend="transformers", hf_path=str(tiny_glm.hf_dir), quantization="int8", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def int8_model(int8_settings: LlmSettings) -> TransformersModel:
+    model = build_chat_model(int8_settings, Path("unused-cache"))
     assert isinstance(model, TransformersModel)
     return model
 
 
-def test_transformers_int8_on_cpu_streams_and_stops(int8_model: TransformersModel, hf_tokenizer) -> None:
+def test_transformers_int8_on_cpu_streams_and_stops(int8_model: TransformersModel) -> None:
     import torch
 
     layers = int8_model._model.model.layers[0]
@@ -234,34 +253,53 @@ def test_transformers_int8_on_cpu_streams_and_stops(int8_model: TransformersMode
     pieces = list(int8_model.stream(messages, max_tokens=32, temperature=0.0))
     assert len(pieces) >= 2 and "".join(pieces) == "hello world"  # streamed, stopped by <|user|>
     assert "".join(int8_model.stream(messages, max_tokens=1, temperature=0.0)) == "hello"
-    assert int8_model.count_tokens(SAMPLE) == len(hf_tokenizer.encode(SAMPLE, add_special_tokens=False))
 
 
-def test_transformers_reads_the_first_reply_tokens_probabilities(int8_model: TransformersModel) -> None:
-    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
-    hello, world = int8_model.reply_start_logprobs(messages, [["hello"], ["world", " world"]])
-    assert math.log(0.5) < hello <= 0.0 and world < hello
+class TestTransformersContract(ChatModelContract):
+    """The ChatModel contract for the transformers backend on the tiny GLM checkpoint (CPU int8)."""
+
+    ASK = ASK
+    SPECIALS = GLM_SPECIALS
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def llm_settings(cls, int8_settings: LlmSettings) -> LlmSettings:
+        return int8_settings
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, int8_model: TransformersModel) -> TransformersModel:
+        return int8_model  # built by the factory from these llm_settings
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def looping(cls, tiny_glm: TinyGlm) -> tuple[TransformersModel, list[Message]]:  # noqa: F811
+        return TransformersModel(tiny_glm.hf_dir, quantization="none", device="cpu", chat_template=RAW), PING
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def reference_count(cls, hf_tokenizer):
+        return lambda text: len(hf_tokenizer.encode(text, add_special_tokens=False))
+
+    def evaluated_ids(self, model, messages):
+        return model._tokenizer.encode(model.prompt(messages), add_special_tokens=False)
+
+    def special_ids(self, model):
+        return {model._tokenizer.convert_tokens_to_ids(s) for s in self.SPECIALS if model._has_token(s)}
+
+    def decode(self, model, ids):
+        return model._tokenizer.decode(ids)
 
 
-def test_transformers_scores_a_given_reply(int8_model: TransformersModel) -> None:
-    messages: list[Message] = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}]
-    own = int8_model.reply_logprob(messages, "hello world")
-    assert math.log(0.5) < own <= 0.0 and int8_model.reply_logprob(messages, "pong ping") < own - 1.0
-
-
-def test_transformers_max_tokens_and_early_stop(tiny_glm: TinyGlm) -> None:  # noqa: F811
-    """Without the chat template the tiny model loops "ping pong" forever: only max_tokens ends it, and closing
-    the stream cancels generate() at once instead of letting it run on to max_tokens in the background."""
+def test_transformers_closing_the_stream_cancels_generate(tiny_glm: TinyGlm) -> None:  # noqa: F811
+    """Closing the stream cancels generate() at once instead of letting it run on to max_tokens in the background."""
     model = TransformersModel(tiny_glm.hf_dir, quantization="none", device="cpu", chat_template=RAW)
-    text = "".join(model.stream(PING, max_tokens=20, temperature=0.0))
-    assert text.startswith(" pong ping pong") and model.count_tokens(text) == 20
     stream = model.stream(PING, max_tokens=1500, temperature=0.0)  # about 20 s if it were not cancelled
     next(stream)
     started = time.perf_counter()
     stream.close()
     assert time.perf_counter() - started < 2
     assert not [t for t in threading.enumerate() if t.name == "kb-transformers-generate"]
-    assert model.count_tokens("".join(model.stream(PING, 5, 0.0))) == 5
 
 
 def test_transformers_without_chat_template_uses_kbs(tiny_glm: TinyGlm, tmp_path: Path, hf_tokenizer) -> None:  # noqa: F811

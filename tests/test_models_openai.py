@@ -3,6 +3,7 @@ default GGUF. Servers are started on free ports, waited for with a bounded timeo
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import subprocess
@@ -16,10 +17,12 @@ import httpx
 import pytest
 
 from kb_app.errors import KbError
+from kb_app.models.base import Message
 from kb_app.models.errors import ModelServerError
 from kb_app.models.factory import build_chat_model, resolve_gguf
 from kb_app.models.openai_compatible import OpenAICompatibleModel, estimate_tokens
 from kb_app.settings import LlmSettings, load_settings
+from tests.contracts import ChatModelContract
 
 pytestmark = pytest.mark.slow
 
@@ -207,3 +210,75 @@ def test_wrong_key_names_the_setting(server: LlamaServer) -> None:
     with pytest.raises(ModelServerError) as info:
         list(build_chat_model(settings, Path("unused-cache")).stream(QUESTION, 8, 0.0))
     assert "401" in info.value.message and "llm.api_key" in info.value.hint
+
+
+@pytest.fixture(scope="module")
+def vocab(gguf: Path) -> Iterator[object]:
+    """The served GGUF's own tokenizer, read locally: what the server tokenizes with."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+class TestOpenAIContract(ChatModelContract):
+    """The ChatModel contract over HTTP, against the real llama_cpp.server serving the default GGUF (Qwen, ChatML).
+
+    The server renders and tokenizes the prompt itself, so what the model reads is checked in what kb sends:
+    each message's content, tokenized by the served GGUF's tokenizer with special tokens on.
+    """
+
+    ASK = QUESTION
+    SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def llm_settings(cls, server: LlamaServer) -> LlmSettings:
+        return openai_settings(server.base_url)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, llm_settings: LlmSettings) -> OpenAICompatibleModel:
+        return build_chat_model(llm_settings, Path("unused-cache"))  # type: ignore[return-value]
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def looping(cls, model: OpenAICompatibleModel) -> tuple[OpenAICompatibleModel, list[Message]]:
+        return model, LONG
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def reference_count(cls, vocab):
+        cls.vocab = vocab  # for the hooks below
+        return lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=True))
+
+    def evaluated_ids(self, model, messages):
+        sent: list[dict] = []
+        model._client.event_hooks = {"request": [lambda r: sent.append(json.loads(r.content))], "response": []}
+        try:
+            "".join(model.stream(messages, max_tokens=1, temperature=0.0))
+        finally:
+            model._client.event_hooks = {"request": [], "response": []}
+        contents = [m["content"].encode() for m in sent[-1]["messages"]]
+        return [i for content in contents for i in self.vocab.tokenize(content, False, special=True)]
+
+    def special_ids(self, model):
+        return {ids[0] for ids in (self.vocab.tokenize(s.encode(), False, special=True) for s in self.SPECIALS)}
+
+    def decode(self, model, ids):
+        return self.vocab.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+
+def test_proxy_variables_are_ignored_unless_asked(server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Questions and passages for a loopback server never go through HTTP(S)_PROXY (here a port nothing serves);
+    llm.use_proxy_env routes them there, which is how this test knows the variables are really read."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    direct = build_chat_model(openai_settings(server.base_url), Path("unused-cache"))
+    assert "4" in "".join(direct.stream(QUESTION, max_tokens=8, temperature=0.0))
+    proxied = build_chat_model(openai_settings(server.base_url, use_proxy_env=True, max_retries=0), Path("unused"))
+    with pytest.raises(ModelServerError, match="cannot reach"):
+        list(proxied.stream(QUESTION, max_tokens=8, temperature=0.0))

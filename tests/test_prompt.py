@@ -6,8 +6,8 @@ import pytest
 
 from ingest.vector_store import StoredChunk
 from kb_app.chat.citations import annotate, split_sentences, strip_markers
-from kb_app.chat.language import detect_language
 from kb_app.chat.prompt import PromptBuilder
+from kb_app.language import detect_language
 from kb_app.retrieval.base import Hit
 from kb_app.settings import Settings
 

@@ -11,6 +11,7 @@ from ingest.vector_store import StoredChunk
 from kb_app.chat.prompt import PromptBuilder, _judge_words
 from kb_app.chat.refusal import ModelCheck, SimilarityCheck, build_evidence_check
 from kb_app.models.choices import choice_logprobs, first_token_ids, match_top_logprobs, mean_token_logprob
+from kb_app.models.errors import LogprobsUnavailableError, ModelGenerationError
 from kb_app.retrieval.base import Hit
 from kb_app.settings import RefusalSettings, Settings
 
@@ -73,3 +74,36 @@ def test_build_evidence_check_follows_the_setting(settings: Settings) -> None:
     prompts = PromptBuilder(settings.prompts_dir)
     assert isinstance(build_evidence_check(RefusalSettings(check="similarity"), lambda: None, prompts), SimilarityCheck)  # type: ignore[arg-type,return-value]
     assert isinstance(build_evidence_check(RefusalSettings(), lambda: None, prompts), ModelCheck)  # type: ignore[arg-type,return-value]
+
+
+class _Judge:
+    """A model for the check's decision logic only: what it declares, and what reading its probabilities does."""
+
+    scores_replies = False
+
+    def __init__(self, reads: bool, error: Exception | None = None, log_odds: float = 0.0) -> None:
+        self.reads_first_token_logprobs = reads
+        self.error, self.log_odds, self.asked = error, log_odds, 0
+
+    def reply_start_logprobs(self, messages, choices) -> list[float]:
+        self.asked += 1
+        if self.error is not None:
+            raise self.error
+        return [self.log_odds, 0.0]
+
+
+def test_model_check_falls_back_only_where_the_model_says_or_the_server_turns_out_so(settings: Settings) -> None:
+    prompts = PromptBuilder(settings.prompts_dir)
+    hits = [_hit("Employees get 15 days.")]
+
+    def check(model: _Judge) -> ModelCheck:
+        return ModelCheck(SimilarityCheck({}), lambda: model, prompts, {"en": -1.0})  # type: ignore[arg-type,return-value]
+
+    declared = _Judge(reads=False)
+    assert check(declared).sufficient("How many days?", hits, "en") and declared.asked == 0  # never tried
+    assert not check(_Judge(reads=True, log_odds=-5.0)).sufficient("How many days?", hits, "en")
+    no_logprobs = _Judge(reads=True, error=LogprobsUnavailableError("no logprobs", "hint"))
+    assert check(no_logprobs).sufficient("How many days?", hits, "en") and no_logprobs.asked == 1
+    broken = _Judge(reads=True, error=ModelGenerationError("the prompt does not fit", "raise llm.n_ctx"))
+    with pytest.raises(ModelGenerationError):  # a real failure is not hidden behind the similarity check
+        check(broken).sufficient("How many days?", hits, "en")

@@ -15,9 +15,6 @@ from typer.testing import CliRunner
 
 import ingest.pipeline
 from ingest.manifest import Manifest
-from ingest.pipeline import Ingestor
-from ingest.splitter import RecursiveSplitter
-from ingest.sync import sync_folder, watch_folder
 from kb_app.assistant import Assistant
 from kb_app.cli import app
 from kb_app.settings import Settings, load_settings
@@ -41,14 +38,12 @@ class CountingEmbedder(FakeEmbedder):
 @pytest.fixture
 def kit(tmp_path: Path):
     settings = load_settings(home=tmp_path / "kb_home", **{"splitter.chunk_size": 200, "splitter.chunk_overlap": 20})
-    assistant = Assistant(settings)
     embedder = CountingEmbedder()
-    assistant.__dict__["embedder"] = embedder
+    assistant = Assistant(settings, embedder=embedder)
     kb = assistant.knowledge_base()
-    ingestor = Ingestor(assistant.registry, RecursiveSplitter(settings.splitter), embedder, kb, settings.ingest)
 
     def sync(folder: Path) -> dict[str, str]:
-        report = sync_folder(ingestor, kb, folder)
+        report = assistant.sync(folder)
         return {f.source: f.status for f in report.files}
 
     return kb, embedder, sync, assistant
@@ -155,12 +150,13 @@ def test_sync_leaves_other_folders_alone(tmp_path: Path, kit) -> None:
 
 
 def test_watch_keeps_syncing_until_stopped(tmp_path: Path, kit) -> None:
-    kb, embedder, _, assistant = kit
+    kb, _, _, assistant = kit
     docs = tmp_path / "docs"
     docs.mkdir()
-    ingestor = Ingestor(assistant.registry, RecursiveSplitter(assistant.settings.splitter), embedder, kb)
     reports, stop = [], threading.Event()
-    thread = threading.Thread(target=watch_folder, args=(ingestor, kb, docs, reports.append, 0.1, stop))
+    thread = threading.Thread(
+        target=assistant.watch, args=(docs, reports.append), kwargs={"interval_s": 0.1, "stop": stop}
+    )
     thread.start()
     try:
         (docs / "new.txt").write_text(EN, encoding="utf-8")

@@ -8,12 +8,13 @@ goes back through the registry with :meth:`LoadContext.nested`, which keeps dept
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ingest.errors import DocumentReadError
 from ingest.types import Page
-from kb_app.errors import DocumentReadError
 
 if TYPE_CHECKING:
     from ingest.loaders.registry import LoaderRegistry
@@ -33,6 +34,7 @@ class LoadOptions:
     archive_max_mb: int = 500
     archive_max_ratio: int = 200
     max_depth: int = 3
+    max_text_chars: int = 5_000_000
 
     def __repr__(self) -> str:  # never print a password into a log or a report
         shown = {k: ("***" if k == "password" and v else v) for k, v in self.__dict__.items()}
@@ -46,6 +48,35 @@ class Budget:
     remaining: int
 
 
+TEXT_LIMIT_HINT = (
+    "raise ingest.max_text_chars in kb.yaml (or KB_INGEST__MAX_TEXT_CHARS) if the file is genuine, or split it"
+)
+
+
+class TextLimitError(DocumentReadError):
+    """A file yields more text than ``ingest.max_text_chars``: the whole file is refused, not just a nested part."""
+
+
+@dataclass
+class TextBudget:
+    """Characters one top-level file may yield, shared by everything nested in it.
+
+    Loaders that gather text piece by piece (EPUB chapters, PDF pages, archive members) charge each piece as it
+    comes, so an EPUB that lists one chapter 400 times stops at the limit instead of after reading all 400.
+    """
+
+    name: str  # the top-level file, which the error names
+    limit: int = sys.maxsize
+    used: int = 0
+
+    def charge(self, chars: int) -> None:
+        self.used += chars
+        if self.used > self.limit:
+            raise TextLimitError(
+                f"{self.name}: yields over {self.limit:,} characters (ingest.max_text_chars)", TEXT_LIMIT_HINT
+            )
+
+
 @dataclass
 class LoadContext:
     """One load in progress: its display name, options, notes for the report and the nesting it sits in."""
@@ -55,6 +86,7 @@ class LoadContext:
     registry: LoaderRegistry
     depth: int = 0
     budget: Budget = field(default_factory=lambda: Budget(0))
+    text: TextBudget = field(default_factory=lambda: TextBudget(""))
     notes: list[str] = field(default_factory=list)
     empty_hint: str = ""
 
@@ -62,6 +94,10 @@ class LoadContext:
         """Something the user should know although the file was read (a skipped attachment, OCR used...)."""
         if message not in self.notes:
             self.notes.append(message)
+
+    def charge_text(self, text: str) -> None:
+        """Count text this load has produced; :class:`TextLimitError` once the file is over its limit."""
+        self.text.charge(len(text))
 
     def error(self, message: str, hint: str = "") -> DocumentReadError:
         return DocumentReadError(f"{self.name}: {message}", hint)

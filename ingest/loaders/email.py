@@ -12,7 +12,7 @@ import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
-from ingest.loaders.base import LoadContext, clean_text, safe_label
+from ingest.loaders.base import LoadContext, TextLimitError, clean_text, safe_label
 from ingest.loaders.markup import html_to_text
 from ingest.types import Page
 
@@ -144,6 +144,8 @@ class MsgLoader:
                 if data:
                     name = attachment.file_name or f"attachment{_ext(attachment.mime_type or '')}"
                     blocks.append(_attachment_block(ctx, name, data))
+        except TextLimitError:
+            raise
         except Exception as exc:  # python-oxmsg/olefile raise many kinds for damaged files
             raise ctx.error(
                 f"not a readable Outlook message ({type(exc).__name__}: {exc})", "check it opens in Outlook"

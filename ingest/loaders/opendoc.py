@@ -157,6 +157,7 @@ class EpubLoader:
                     name = posixpath.normpath(posixpath.join(base, unquote(href.split("#")[0])))
                     if name in names:
                         chapters.append(html_to_text(_read_member(archive, name, ctx), ctx))
+                        ctx.charge_text(chapters[-1])  # a spine may list one big chapter hundreds of times
         except (zipfile.BadZipFile, KeyError, OSError, etree.XMLSyntaxError) as exc:
             raise ctx.error(f"not a readable EPUB ({exc})", "check that it opens in an e-book reader") from exc
         return [Page(clean_text("\n\n".join(c for c in chapters if c)))]

@@ -67,6 +67,7 @@ class PdfLoader:
                     blank.append(number)
             page.close()
             pages.append(Page(text, number=number))
+            ctx.charge_text(text)
         if ocr_done:
             ctx.note(f"{ctx.name}: {ocr_done} page(s) without a text layer read by OCR")
         if blank and len(blank) < len(pages):

@@ -9,8 +9,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from ingest.errors import DocumentReadError, KbError, UnsupportedFileError
 from ingest.loaders.archive import ZipLoader
-from ingest.loaders.base import Budget, LoadContext, Loader, LoadOptions, clean_text
+from ingest.loaders.base import Budget, LoadContext, Loader, LoadOptions, TextBudget, TextLimitError, clean_text
 from ingest.loaders.email import EmlLoader, MsgLoader
 from ingest.loaders.legacy_office import DocLoader, PptLoader, XlsLoader
 from ingest.loaders.markup import HtmlLoader, RtfLoader
@@ -21,7 +22,6 @@ from ingest.loaders.pdf import PdfLoader
 from ingest.loaders.sniff import ENCRYPTED_OFFICE, sniff
 from ingest.loaders.text import CsvLoader, JsonLoader, TextLoader, XmlLoader, looks_like_text
 from ingest.types import LoadedDocument, Page
-from kb_app.errors import DocumentReadError, KbError, UnsupportedFileError
 
 DEFAULT_LOADERS: tuple[Loader, ...] = (
     TextLoader(),
@@ -85,7 +85,13 @@ class LoaderRegistry:
                 head = fh.read(HEAD_BYTES)
         except OSError as exc:
             raise DocumentReadError(f"{source}: cannot read the file ({exc.strerror or exc})") from exc
-        ctx = LoadContext(name=source, options=options, registry=self, budget=Budget(options.archive_max_mb * 2**20))
+        ctx = LoadContext(
+            name=source,
+            options=options,
+            registry=self,
+            budget=Budget(options.archive_max_mb * 2**20),
+            text=TextBudget(source, options.max_text_chars),
+        )
         loader, sniffed = self._pick(path, head, ctx)
         if size == 0:
             raise DocumentReadError(f"{source}: the file is empty")
@@ -97,6 +103,7 @@ class LoaderRegistry:
         sha256 = file_sha256(path)
         pages = self._run(loader, path, head, sniffed, ctx)
         pages = [Page(p.text.strip(), p.number) for p in pages if p.text.strip()]
+        _charge_rest(ctx, pages, charged_before=0)
         if not pages:
             raise DocumentReadError(f"{source}: no text found" + (f" ({ctx.empty_hint})" if ctx.empty_hint else ""))
         return LoadedDocument(source=source, path=path, sha256=sha256, size=size, pages=pages), ctx.notes
@@ -129,7 +136,7 @@ class LoaderRegistry:
     def _run(self, loader: Loader, path: Path, head: bytes, sniffed: str | None, ctx: LoadContext) -> list[Page]:
         try:
             return loader.load(path, ctx)
-        except MemoryError:
+        except (MemoryError, TextLimitError):
             raise
         except Exception as exc:
             error = exc
@@ -160,18 +167,30 @@ class LoaderRegistry:
             registry=self,
             depth=parent.depth + 1,
             budget=parent.budget,
+            text=parent.text,
             notes=parent.notes,
         )
+        charged_before = parent.text.used
         with tempfile.TemporaryDirectory(prefix="kb-nested-") as tmp:
             path = Path(tmp) / f"member{suffix}"
             path.write_bytes(data)
             try:
                 loader, sniffed = self._pick(path, data[:HEAD_BYTES], child)
                 pages = self._run(loader, path, data[:HEAD_BYTES], sniffed, child)
+            except TextLimitError:
+                raise  # the file as a whole is over its limit, not just this member
             except KbError as exc:
                 parent.note(f"skipped {exc.message}")
                 return []
-        return [Page(clean_text(p.text), p.number) for p in pages if p.text.strip()]
+        pages = [Page(clean_text(p.text), p.number) for p in pages if p.text.strip()]
+        _charge_rest(child, pages, charged_before)
+        return pages
+
+
+def _charge_rest(ctx: LoadContext, pages: list[Page], charged_before: int) -> None:
+    """Charge the text a load yielded beyond what its loader charged while reading, so nothing counts twice."""
+    charged = ctx.text.used - charged_before
+    ctx.text.charge(max(0, sum(len(p.text) for p in pages) - charged))
 
 
 def file_sha256(path: Path) -> str:

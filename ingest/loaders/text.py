@@ -12,10 +12,10 @@ import json
 import re
 from pathlib import Path
 
+from ingest.errors import DocumentReadError
 from ingest.loaders.base import LoadContext, clean_text
 from ingest.loaders.tables import rows_to_text
 from ingest.types import Page
-from kb_app.errors import DocumentReadError
 
 _BOMS = (
     (b"\x00\x00\xfe\xff", "utf-32-be"),

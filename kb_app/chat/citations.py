@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from kb_app.chat.language import Language
+from kb_app.language import Language
 from kb_app.retrieval.base import Hit
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")

@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from kb_app.chat.citations import annotate
-from kb_app.chat.language import Language, detect_language
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import EvidenceCheck
+from kb_app.language import Language, detect_language
 from kb_app.models.base import ChatModel, Message
 from kb_app.retrieval.base import Hit, Retriever
 from kb_app.settings import ChatSettings, LlmSettings, RetrievalSettings

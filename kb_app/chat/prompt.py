@@ -1,14 +1,22 @@
-"""Where the prompt is built: templates from ``prompts/<lang>/``, numbered context, the question."""
+"""Where the prompt is built: templates from ``prompts/<lang>/``, numbered context, the question.
+
+Passages are fenced by the tags ``context_item.txt`` writes around them (``<passage>`` … ``</passage>``), and the
+system message says fenced text is data. So that a document cannot close the fence and speak after it, those tags
+are neutralised in passage text, file names and headings (a zero-width joiner after the ``<``, as the backends do
+for special tokens, ``kb_app.models.special_tokens``).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from kb_app.chat.language import Language
+from kb_app.language import Language
 from kb_app.models.base import Message
+from kb_app.models.special_tokens import Neutraliser
 from kb_app.retrieval.base import Hit
 
 
@@ -23,6 +31,13 @@ class PromptTemplates:
     judge: str
     question_likelihood: str
     judge_words: tuple[tuple[str, ...], tuple[str, ...]]
+    quote: Neutraliser  # makes untrusted text unable to write the fence tags
+
+
+def fence_tags(context_item: str) -> Neutraliser:
+    """Every tag ``context_item.txt`` uses, opening or closing, in any letter case, as untrusted text must not."""
+    names = set(re.findall(r"</?([A-Za-z][\w-]*)", context_item))
+    return Neutraliser([f"{start}{name}" for name in names for start in ("<", "</")], ignore_case=True)
 
 
 @cache
@@ -36,6 +51,7 @@ def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
         system=read("system.txt"),
         user=read("user.txt"),
         context_item=read("context_item.txt"),
+        quote=fence_tags(read("context_item.txt")),
         page=read("page.txt"),
         refusal=read("refusal.txt"),
         condense=read("condense.txt"),
@@ -105,10 +121,10 @@ class PromptBuilder:
         return "\n\n".join(
             t.context_item.format(
                 n=n,
-                source=h.chunk.source,
+                source=t.quote(h.chunk.source),
                 page=t.page.format(page=h.chunk.page) if h.chunk.page else "",
-                text=h.chunk.text,
-                heading=h.chunk.heading,
+                text=t.quote(h.chunk.text),
+                heading=t.quote(h.chunk.heading),
             )
             for n, h in enumerate(hits, 1)
         )

@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from kb_app.chat.language import Language
 from kb_app.chat.prompt import PromptBuilder
-from kb_app.errors import KbError
+from kb_app.language import Language
 from kb_app.models.base import ChatModel
+from kb_app.models.errors import LogprobsUnavailableError
 from kb_app.retrieval.base import Hit
 from kb_app.settings import RefusalSettings
 
@@ -48,6 +48,8 @@ class ModelCheck:
     The decision is not the model's word but log P(yes) − log P(no) for its first reply token, held against a
     threshold calibrated for the model: a small model told to refuse when unsure refuses far too often.
     The question and passages are those of the answer prompt, so a model with a prompt cache reads them once.
+    A backend that declares it cannot read first-token probabilities gets the similarity check alone; a server
+    that turns out to send none (only a request tells) too, with a warning once.
     """
 
     def __init__(
@@ -78,9 +80,11 @@ class ModelCheck:
         threshold = self._min.get(language)
         if threshold is None:  # a language the model check was not calibrated for
             return True
+        if not self._model().reads_first_token_logprobs:  # declared up front, e.g. llama.cpp with llm.chat_format
+            return True
         try:
             return self.log_odds(question, hits, language) >= threshold
-        except KbError as exc:  # e.g. a server without logprobs: answer on similarity alone, and say so once
+        except LogprobsUnavailableError as exc:
             if not self._warned:
                 log.warning("refusal.check model is unavailable, using similarity only: %s", exc)
                 self._warned = True

@@ -12,11 +12,26 @@ class Message(TypedDict):
     content: str
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared up front (``kb_app.models.factory.backend_capabilities`` knows it from
+    settings alone), so a caller picks its path before loading anything instead of trying and catching."""
+
+    scores_replies: bool  # ``reply_logprob`` works
+    reads_first_token_logprobs: bool  # ``reply_start_logprobs`` works (a server may still send none: run time)
+
+
 class ChatModel(Protocol):
-    """A chat model. ``stream`` yields text pieces as they are generated."""
+    """A chat model. ``stream`` yields text pieces as they are generated.
+
+    Message content is untrusted (passages, file names, questions): every backend neutralises the model's
+    special-token strings in it before the prompt is tokenized (``kb_app.models.special_tokens``).
+    """
 
     name: str
     context_length: int
+    scores_replies: bool
+    reads_first_token_logprobs: bool
 
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]: ...
 
@@ -50,3 +65,5 @@ class ModelInfo:
     context_length: int | None  # the window kb will use (llm.n_ctx capped by the model)
     active: bool = True
     note: str = ""
+    scores_replies: bool = False
+    reads_first_token_logprobs: bool = False

@@ -1,19 +1,19 @@
-"""Model errors a user can act on; each carries a hint naming the setting or command that fixes it."""
+"""Model errors a user can act on (defined in ``kb_app.errors``, the one error tree; kept here for imports)."""
 
 from __future__ import annotations
 
-from kb_app.errors import KbError, ModelNotFoundError
+from kb_app.errors import (
+    LogprobsUnavailableError,
+    ModelGenerationError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelServerError,
+)
 
-__all__ = ["ModelGenerationError", "ModelLoadError", "ModelNotFoundError", "ModelServerError"]
-
-
-class ModelLoadError(KbError):
-    """The model's files are there but cannot be loaded: wrong format, a missing package, no GPU, remote code."""
-
-
-class ModelGenerationError(KbError):
-    """The model was loaded but failed while generating an answer."""
-
-
-class ModelServerError(KbError):
-    """An OpenAI-compatible model server is unreachable, too slow, refused the request, or broke off an answer."""
+__all__ = [
+    "LogprobsUnavailableError",
+    "ModelGenerationError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelServerError",
+]

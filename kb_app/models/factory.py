@@ -1,5 +1,8 @@
 """Builds the configured chat model: ``llm.backend`` picks a constructor from ``BACKENDS``; nothing else branches.
 
+``CAPABILITIES`` says what each backend can do from settings alone, so callers choose their path (the rerank
+stage's model re-read needs ``scores_replies``) without loading the model.
+
 Every path a model loads from is checked before anything heavy is imported, so a hub name given while offline
 fails in milliseconds with the setting to change, instead of waiting on the network.
 """
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kb_app.models import bundled
-from kb_app.models.base import ChatModel, ModelInfo
+from kb_app.models.base import Capabilities, ChatModel, ModelInfo
 from kb_app.models.errors import ModelNotFoundError
 from kb_app.settings import LlmSettings
 
@@ -113,6 +116,7 @@ def _openai(settings: LlmSettings, cache_dir: Path) -> ChatModel:
         max_retries=settings.max_retries,
         n_ctx=settings.n_ctx,
         tokenizer_path=settings.tokenizer_path,
+        use_proxy_env=settings.use_proxy_env,
     )
 
 
@@ -125,6 +129,47 @@ BACKENDS: dict[str, Callable[[LlmSettings, Path], ChatModel]] = {
 
 def build_chat_model(settings: LlmSettings, cache_dir: Path) -> ChatModel:
     return BACKENDS[settings.backend](settings, cache_dir)
+
+
+# -- capabilities, from settings alone (the backend classes declare them; importing one loads no model) ---------
+
+
+def _llama_cpp_capabilities(settings: LlmSettings) -> Capabilities:
+    from kb_app.models.llama_cpp import LlamaCppModel
+
+    return LlamaCppModel.declared(settings.chat_format)
+
+
+def _transformers_capabilities(settings: LlmSettings) -> Capabilities:
+    from kb_app.models.transformers_backend import TransformersModel
+
+    return capabilities_of(TransformersModel)
+
+
+def _openai_capabilities(settings: LlmSettings) -> Capabilities:
+    from kb_app.models.openai_compatible import OpenAICompatibleModel
+
+    return capabilities_of(OpenAICompatibleModel)
+
+
+CAPABILITIES: dict[str, Callable[[LlmSettings], Capabilities]] = {
+    "llama_cpp": _llama_cpp_capabilities,
+    "transformers": _transformers_capabilities,
+    "openai": _openai_capabilities,
+}
+
+
+def capabilities_of(model: object) -> Capabilities:
+    """The capabilities a backend class or a loaded model declares."""
+    return Capabilities(
+        scores_replies=bool(getattr(model, "scores_replies", False)),
+        reads_first_token_logprobs=bool(getattr(model, "reads_first_token_logprobs", False)),
+    )
+
+
+def backend_capabilities(settings: LlmSettings) -> Capabilities:
+    """What the configured backend can do, known without loading (or contacting) the model."""
+    return CAPABILITIES[settings.backend](settings)
 
 
 # -- descriptions for `kb models`, without loading -----------------------------------------------------------
@@ -206,12 +251,16 @@ DESCRIBERS: dict[str, Callable[[LlmSettings, Path], ModelInfo]] = {
 }
 
 
+def _describe(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
+    info = DESCRIBERS[settings.backend](settings, cache_dir)
+    return ModelInfo(**{**info.__dict__, **backend_capabilities(settings).__dict__})
+
+
 def describe_models(settings: LlmSettings, cache_dir: Path) -> list[ModelInfo]:
     """The configured model first; the bundled default after it when something else is configured."""
-    models = [DESCRIBERS[settings.backend](settings, cache_dir)]
+    models = [_describe(settings, cache_dir)]
     if settings.backend != "llama_cpp" or settings.gguf_path is not None:
-        default = LlmSettings(n_ctx=settings.n_ctx)
-        info = _describe_llama_cpp(default, cache_dir)
+        info = _describe(LlmSettings(n_ctx=settings.n_ctx), cache_dir)
         models.append(ModelInfo(**{**info.__dict__, "active": False, "note": "the default when llm is unset"}))
     return models
 

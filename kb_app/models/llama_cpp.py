@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_app.models.base import Message
+from kb_app.models.base import Capabilities, Message
 from kb_app.models.choices import choice_logprobs, first_token_ids, mean_token_logprob
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.gguf_info import read_gguf_info
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, choose_template, compiles, glm_family
+from kb_app.models.special_tokens import Neutraliser, gguf_special_tokens
 
 _PATCH_LOCK = threading.Lock()
 
@@ -63,7 +64,19 @@ def context_window(n_ctx: int, trained: int | None) -> int:
 
 
 class LlamaCppModel:
-    """A GGUF file loaded once; generation is serialised because a llama.cpp context is not thread-safe."""
+    """A GGUF file loaded once; generation is serialised because a llama.cpp context is not thread-safe.
+
+    Special-token strings of the GGUF's vocabulary are neutralised in message content (``special_tokens``).
+    """
+
+    scores_replies = True
+    reads_first_token_logprobs = True
+
+    @staticmethod
+    def declared(chat_format: str | None) -> Capabilities:
+        """Token probabilities need kb's own rendering of the prompt, which ``llm.chat_format`` hands to llama.cpp."""
+        own_prompt = chat_format is None
+        return Capabilities(scores_replies=own_prompt, reads_first_token_logprobs=own_prompt)
 
     def __init__(
         self,
@@ -109,6 +122,10 @@ class LlamaCppModel:
         # llama-cpp-python keeps its token buffer at the size asked for, whatever llama.cpp allocated
         self.context_length = min(self._llm.n_ctx(), len(self._llm.input_ids))
         self.template_source = f"chat_format {chat_format}" if chat_format else "model"
+        capabilities = self.declared(chat_format)
+        self.scores_replies = capabilities.scores_replies
+        self.reads_first_token_logprobs = capabilities.reads_first_token_logprobs
+        self.neutralise = Neutraliser(gguf_special_tokens(self._llm))
         self._formatter = None
         if chat_format is None:
             self._install_template(chat_template)
@@ -139,7 +156,7 @@ class LlamaCppModel:
         """The exact prompt text kb's template makes of ``messages``; None when llama-cpp-python formats it."""
         if self._formatter is None:
             return None
-        return self._formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
+        return self._formatter(messages=self.neutralise.messages(messages)).prompt  # type: ignore[arg-type]
 
     def _special_id(self, text: str) -> int | None:
         """The id of a special token, or None if the vocabulary does not have it as one token."""
@@ -147,13 +164,14 @@ class LlamaCppModel:
         return ids[0] if len(ids) == 1 else None
 
     def count_tokens(self, text: str) -> int:
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        """Counted as it will be evaluated: neutralised, so a special-token string counts as the text it becomes."""
+        return len(self._encode_plain(self.neutralise(text)))
 
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:
         with self._lock:
             try:
                 for part in self._llm.create_chat_completion(
-                    messages=list(messages),  # type: ignore[arg-type]
+                    messages=self.neutralise.messages(messages),  # type: ignore[arg-type]
                     max_tokens=max_tokens,
                     temperature=temperature,
                     stream=True,
@@ -187,7 +205,7 @@ class LlamaCppModel:
         import llama_cpp
 
         head = self._prompt_tokens(messages)
-        tail = self._encode_plain(reply)
+        tail = self._encode_plain(self.neutralise(reply))
         window = head[-1:] + tail[:-1]  # position i predicts tail[i]
         if not tail or len(head) + len(tail) >= self.context_length or len(window) > self._llm.n_batch:
             raise ModelGenerationError(

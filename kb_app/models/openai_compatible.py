@@ -8,6 +8,10 @@ in the middle of an answer, answers with an error, or sends nothing for ``llm.ti
 Token counts come from the model's own tokenizer: a local copy (``llm.tokenizer_path``: a GGUF or a Hugging Face
 directory) when configured, else the server's tokenize endpoint (llama.cpp, llama-cpp-python, vLLM), else a
 deliberately high estimate so that the prompt still fits.
+
+The server tokenizes the prompt it renders, special tokens included, so kb neutralises the known families'
+special-token strings (and those of ``llm.tokenizer_path``'s vocabulary) in message content before sending.
+Proxy variables (``HTTP(S)_PROXY``) are ignored unless ``llm.use_proxy_env``: the server is usually on this machine.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import httpx
 
 from kb_app.models.base import Message
 from kb_app.models.choices import match_top_logprobs
-from kb_app.models.errors import ModelNotFoundError, ModelServerError
+from kb_app.models.errors import LogprobsUnavailableError, ModelNotFoundError, ModelServerError
+from kb_app.models.special_tokens import KNOWN_SPECIAL_TOKENS, Neutraliser, gguf_special_tokens, hf_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,9 @@ _NO_LOGPROBS_HINT = (
 class OpenAICompatibleModel:
     """A chat model behind an OpenAI-compatible HTTP API. Nothing is contacted until it is first used."""
 
+    scores_replies = False  # the chat API scores no given reply
+    reads_first_token_logprobs = True  # if the server sends logprobs, which only the first request tells
+
     def __init__(
         self,
         base_url: str,
@@ -59,6 +67,7 @@ class OpenAICompatibleModel:
         n_ctx: int = 4096,
         tokenizer_path: str | None = None,
         backoff_s: float = 0.5,
+        use_proxy_env: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._model = model
@@ -68,9 +77,15 @@ class OpenAICompatibleModel:
         self._timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # connect fails fast (a server that is down refuses at once); reads wait up to timeout_s per token
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)))
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)), trust_env=use_proxy_env
+        )
         self._context_length: int | None = None
-        self._counter: Callable[[str], int] | None = self._local_counter(tokenizer_path) if tokenizer_path else None
+        self._counter: Callable[[str], int] | None = None
+        specials: list[str] = []
+        if tokenizer_path:
+            self._counter, specials = self._local_tokenizer(tokenizer_path)
+        self.neutralise = Neutraliser([*KNOWN_SPECIAL_TOKENS, *specials])
 
     # -- identity --------------------------------------------------------------------------------------------
 
@@ -123,7 +138,8 @@ class OpenAICompatibleModel:
     # -- tokens ----------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _local_counter(tokenizer_path: str) -> Callable[[str], int]:
+    def _local_tokenizer(tokenizer_path: str) -> tuple[Callable[[str], int], list[str]]:
+        """A token counter from the model's own tokenizer, and its special-token strings."""
         path = Path(tokenizer_path).expanduser()
         if not path.exists():
             raise ModelNotFoundError(
@@ -134,11 +150,15 @@ class OpenAICompatibleModel:
             from llama_cpp import Llama
 
             vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
-            return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+            def count(text: str) -> int:
+                return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+            return count, gguf_special_tokens(vocab)
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+        return lambda text: len(tokenizer.encode(text, add_special_tokens=False)), hf_special_tokens(tokenizer)
 
     def _server_counter(self) -> Callable[[str], int]:
         """The first tokenize endpoint the server has, or the estimate."""
@@ -169,9 +189,10 @@ class OpenAICompatibleModel:
         return len(reply["tokens"])  # llama.cpp server
 
     def count_tokens(self, text: str) -> int:
+        """Counted as it will be sent: neutralised, so a special-token string counts as the text it becomes."""
         if self._counter is None:
             self._counter = lru_cache(maxsize=256)(self._server_counter())
-        return self._counter(text)
+        return self._counter(self.neutralise(text))
 
     # -- HTTP ------------------------------------------------------------------------------------------------
 
@@ -229,7 +250,7 @@ class OpenAICompatibleModel:
     def stream(self, messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:
         body = {
             "model": self.model_name(),
-            "messages": list(messages),
+            "messages": self.neutralise.messages(messages),
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": True,
@@ -259,7 +280,7 @@ class OpenAICompatibleModel:
         """Asks for one token with its ``top_logprobs``; spellings the server does not list count as impossible."""
         body = {
             "model": self.model_name(),
-            "messages": list(messages),
+            "messages": self.neutralise.messages(messages),
             "max_tokens": 1,
             "temperature": 0.0,
             "logprobs": True,
@@ -270,15 +291,16 @@ class OpenAICompatibleModel:
             top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
             pairs = [(str(t["token"]), float(t["logprob"])) for t in top]
         except ModelServerError as exc:
-            raise ModelServerError(f"{exc.message} (kb asked for log-probabilities)", _NO_LOGPROBS_HINT) from exc
+            message = f"{exc.message} (kb asked for log-probabilities)"
+            raise LogprobsUnavailableError(message, _NO_LOGPROBS_HINT) from exc
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise ModelServerError(
+            raise LogprobsUnavailableError(
                 "the model server returned no log-probabilities for the reply", _NO_LOGPROBS_HINT
             ) from exc
         return match_top_logprobs(pairs, choices)
 
     def reply_logprob(self, messages: list[Message], reply: str) -> float:
-        """The chat API cannot score a given reply: the rerank stage keeps its order for this backend."""
+        """The chat API cannot score a given reply; ``scores_replies`` says so, so the rerank stage never asks."""
         raise ModelServerError(
             "an OpenAI-compatible server cannot score a given reply",
             "set rerank.model_passages to {} with the openai backend",

@@ -25,6 +25,7 @@ from kb_app.models.base import Message
 from kb_app.models.choices import choice_logprobs, first_token_ids, mean_token_logprob
 from kb_app.models.errors import ModelGenerationError, ModelLoadError, ModelNotFoundError
 from kb_app.models.glm_templates import GLM_STOP_TOKENS, TEMPLATES, family_from_tokens, resolve_template_setting
+from kb_app.models.special_tokens import Neutraliser, hf_special_tokens
 
 # model_type values that transformers has no class for: such checkpoints run only on their own code
 _REMOTE_CODE_ONLY = {"chatglm"}
@@ -148,7 +149,13 @@ def _require_bitsandbytes() -> None:
 
 
 class TransformersModel:
-    """A checkpoint loaded once; ``generate`` runs in a thread and streams text through TextIteratorStreamer."""
+    """A checkpoint loaded once; ``generate`` runs in a thread and streams text through TextIteratorStreamer.
+
+    The tokenizer's special and added tokens are neutralised in message content (``special_tokens``).
+    """
+
+    scores_replies = True
+    reads_first_token_logprobs = True
 
     def __init__(
         self,
@@ -200,6 +207,7 @@ class TransformersModel:
         trained = trained_context(config) or n_ctx or 4096
         self.context_length = min(n_ctx, trained) if n_ctx else trained
         self._template, self.template_source = self._choose_template(chat_template)
+        self.neutralise = Neutraliser(hf_special_tokens(self._tokenizer))
         self._eos_ids = self._stop_ids()
         self._lock = threading.Lock()
 
@@ -241,11 +249,12 @@ class TransformersModel:
 
     def prompt(self, messages: list[Message]) -> str:
         return self._tokenizer.apply_chat_template(
-            list(messages), chat_template=self._template, add_generation_prompt=True, tokenize=False
+            self.neutralise.messages(messages), chat_template=self._template, add_generation_prompt=True, tokenize=False
         )
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.encode(text, add_special_tokens=False))
+        """Counted as it will be evaluated: neutralised, so a special-token string counts as the text it becomes."""
+        return len(self._tokenizer.encode(self.neutralise(text), add_special_tokens=False))
 
     def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
         """One forward pass over the prompt; the last position's logits give the first reply token."""
@@ -270,7 +279,7 @@ class TransformersModel:
         import torch
 
         head = self._tokenizer.encode(self.prompt(messages), add_special_tokens=False)
-        tail = self._tokenizer.encode(reply, add_special_tokens=False)
+        tail = self._tokenizer.encode(self.neutralise(reply), add_special_tokens=False)
         if not tail:
             raise ModelGenerationError("cannot score an empty reply", "pass a reply with at least one token")
         ids = torch.tensor([head + tail], device=self.device)

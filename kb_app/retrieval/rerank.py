@@ -10,19 +10,16 @@ AnswerHit@1 went from .77 to .945 (zh, with heading paths) and from .80 to .805â
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from ingest.lexical_store import Bm25Store, tokenize
-from kb_app.chat.language import Language, detect_language
-from kb_app.errors import KbError, ModelNotFoundError
+from kb_app.errors import ModelGenerationError, ModelNotFoundError
+from kb_app.language import Language, detect_language
 from kb_app.models.base import ChatModel, Message
 from kb_app.retrieval.base import Hit, Retriever
 from kb_app.settings import RerankSettings
-
-log = logging.getLogger(__name__)
 
 # A cosine this far below the best candidate's costs as much as the whole range of the other two signals.
 DENSE_GAP = 0.1
@@ -127,7 +124,8 @@ class ModelRereadingRetriever:
 
     Score: mean log P(question | passage), the question scored as the model's reply to a passage (zero-shot
     "query likelihood" reranking, Sachan et al. 2022), minus ``rank_weight`` per place in the incoming order.
-    A small model reads a passage in about half a second on a laptop CPU, so only a few are re-read.
+    A small model reads a passage in about half a second on a laptop CPU, so only a few are re-read. Only built
+    for a backend that declares ``scores_replies`` (``build_retriever`` checks, before any model is loaded).
     """
 
     def __init__(
@@ -143,7 +141,6 @@ class ModelRereadingRetriever:
         self._prompt = reading_prompt
         self._passages = passages
         self._rank_weight = rank_weight
-        self._warned = False
 
     def retrieve(self, query: str, k: int) -> list[Hit]:
         language = detect_language(query)
@@ -152,16 +149,13 @@ class ModelRereadingRetriever:
         if n < 2 or len(hits) < 2:
             return hits[:k]
         head = hits[:n]
+        model = self._model()
         try:
-            model = self._model()
             scores = [
                 model.reply_logprob(self._prompt(hit, language), query) - self._rank_weight * place
                 for place, hit in enumerate(head)
             ]
-        except KbError as exc:  # e.g. a server that cannot score a reply: keep the reranker's order, say so once
-            if not self._warned:
-                log.warning("rerank.model_passages is unavailable with this model, order kept: %s", exc)
-                self._warned = True
+        except ModelGenerationError:  # a question too long to score beside a passage keeps the reranker's order
             return hits[:k]
         order = sorted(range(len(head)), key=lambda i: scores[i], reverse=True)
         return ([head[i] for i in order] + hits[n:])[:k]
