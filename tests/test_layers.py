@@ -78,3 +78,10 @@ def test_the_public_surface_is_what_all_says() -> None:
     assert sorted(kb_app.__all__) == ["Answer", "Assistant", "Citation", "KbError", "Settings", "load_settings"]
     for name in kb_app.__all__:
         assert getattr(kb_app, name).__name__ == name
+
+
+def test_importing_the_page_writes_nothing_into_the_package() -> None:
+    """A Gradio component subclass makes Gradio write a ``.pyi`` beside its module at import, which fails on a
+    read-only install; the page must not define one."""
+    run_python("import kb_app.ui.web")
+    assert not list((ROOT / "kb_app").rglob("*.pyi"))

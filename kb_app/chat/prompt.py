@@ -1,9 +1,9 @@
 """Where the prompt is built: templates from ``prompts/<lang>/``, numbered context, the question.
 
-Passages are fenced by the tags ``context_item.txt`` writes around them (``<passage>`` … ``</passage>``), and the
-system message says fenced text is data. So that a document cannot close the fence and speak after it, those tags
-are neutralised in passage text, file names and headings (a zero-width joiner after the ``<``, as the backends do
-for special tokens, ``kb_app.models.special_tokens``).
+The passages are fenced by the tags ``user.txt`` and ``judge.txt`` write around the context (``<passages>`` …
+``</passages>``), and the system message says fenced text is data. So that a document cannot close the fence and
+speak after it, those tags are neutralised in passage text, file names and headings (a zero-width joiner after the
+``<``, as the backends do for special tokens, ``kb_app.models.special_tokens``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ class PromptTemplates:
     quote: Neutraliser  # makes untrusted text unable to write the fence tags
 
 
-def fence_tags(context_item: str) -> Neutraliser:
-    """Every tag ``context_item.txt`` uses, opening or closing, in any letter case, as untrusted text must not."""
-    names = set(re.findall(r"</?([A-Za-z][\w-]*)", context_item))
+def fence_tags(templates: str) -> Neutraliser:
+    """Every tag the templates around the passages use, opening or closing, in any letter case, as untrusted text
+    must not write."""
+    names = set(re.findall(r"</?([A-Za-z][\w-]*)", templates))
     return Neutraliser([f"{start}{name}" for name in names for start in ("<", "</")], ignore_case=True)
 
 
@@ -51,7 +52,7 @@ def load_templates(prompts_dir: Path, language: Language) -> PromptTemplates:
         system=read("system.txt"),
         user=read("user.txt"),
         context_item=read("context_item.txt"),
-        quote=fence_tags(read("context_item.txt")),
+        quote=fence_tags("\n".join(read(name) for name in ("user.txt", "judge.txt", "context_item.txt"))),
         page=read("page.txt"),
         refusal=read("refusal.txt"),
         condense=read("condense.txt"),

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
-from gradio.data_classes import FileData
 from gradio.utils import NamedString
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -122,17 +121,16 @@ def discard_uploads(paths: list[Path], uploads: Path) -> None:
                 folder.rmdir()
 
 
-class UploadBox(gr.File):
-    """``gr.File`` handing over the uploaded paths as they are.
+def upload_box(**kwargs) -> gr.File:
+    """A ``gr.File`` that hands over the uploaded paths as they are.
 
     Gradio 6.31's File leaves an empty temporary file in the upload folder for every file it hands over; the
-    folder must be empty once the files are ingested.
+    folder must be empty once the files are ingested. The override is set on the instance: a subclass of a
+    Gradio component would make Gradio write a ``.pyi`` file beside this module at import.
     """
-
-    is_template = True  # rendered by the page as the File component it extends
-
-    def _process_single_file(self, f: FileData) -> NamedString:
-        return NamedString(f.path)
+    box = gr.File(**kwargs)
+    box._process_single_file = lambda f: NamedString(f.path)  # type: ignore[method-assign]
+    return box
 
 
 def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
@@ -234,7 +232,7 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
                     label="Knowledge base 知识库 (type a new name in any language to create one, e.g. 财务部)",
                     elem_id="kb-picker",
                 )
-                upload = UploadBox(file_count="multiple", label="Drop files 拖放文件", elem_id="upload")
+                upload = upload_box(file_count="multiple", label="Drop files 拖放文件", elem_id="upload")
                 gr.Markdown("Formats: " + " ".join(assistant.registry.suffixes), elem_classes="formats")
                 status = gr.Markdown(elem_id="ingest-status")
                 table = gr.Dataframe(
