@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.children import ChildProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a child script
     sys.path.insert(0, str(ROOT))
@@ -170,30 +172,9 @@ def child_main(args: dict) -> None:
 # --- the test side ------------------------------------------------------------------------------------------------
 
 
-class Child:
+class Child(ChildProcess):
     def __init__(self, **args) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in args.items()})],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env={k: v for k, v in os.environ.items() if not k.startswith("KB_")},
-        )
-        self.lines: list[str] = []
-
-    def wait_for(self, prefix: str, timeout: float = 120.0) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                _, err = self.proc.communicate(timeout=30)
-                pytest.fail(f"child ended before {prefix!r}: {self.lines}\n{err[-3000:]}")
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        pytest.fail(f"no {prefix!r} from the child within {timeout} s: {self.lines}")
+        super().__init__(__file__, json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in args.items()}))
 
     def json(self, prefix: str, timeout: float = 120.0):
         return json.loads(self.wait_for(prefix + " ", timeout))

@@ -13,14 +13,14 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
+
+from tests.children import ChildProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_EMBEDDER = "test/fake-embedder-8d"
@@ -118,32 +118,11 @@ def child_main(home: str, folder: str, op: str, pause: str, delay: float, batch:
 # --- the test side ------------------------------------------------------------------------------------------------
 
 
-class Child:
+class Child(ChildProcess):
     def __init__(
         self, home: Path, folder: Path, op: str = "ingest", pause: str = "none", delay: float = 0.0, batch: int = 1
     ) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, str(home), str(folder), op, pause, str(delay), str(batch)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(ROOT),
-            env={k: v for k, v in os.environ.items() if not k.startswith("KB_")},
-        )
-        self.lines: list[str] = []
-
-    def wait_for(self, prefix: str, timeout: float = 120.0) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                _, err = self.proc.communicate(timeout=10)
-                pytest.fail(f"child ended before {prefix!r}: {self.lines}\n{err[-3000:]}")
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        pytest.fail(f"no {prefix!r} from the child within {timeout} s: {self.lines}")
+        super().__init__(__file__, str(home), str(folder), op, pause, str(delay), str(batch))
 
     def state(self, prefix: str = "STATE") -> dict:
         return json.loads(self.wait_for(prefix + " "))
