@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ingest.catalog import Catalog
 from ingest.embedders import Embedder, build_embedder
+from ingest.kb_names import check_name
 from ingest.knowledge_base import KnowledgeBase, embedded_store_lock
 from ingest.loaders import LoaderRegistry
 from ingest.locks import no_notice
@@ -102,8 +103,8 @@ class Assistant:
 
     def knowledge_base(self, name: str | None = None, create: bool = True) -> KnowledgeBase:
         """The open knowledge base ``name`` (default: settings.kb); ``create=False`` refuses one that is not there."""
-        name = name or self.settings.kb
-        directory = self.catalog.directory(name)  # checks the name before anything touches a path
+        name = check_name(name or self.settings.kb)  # before anything touches a path; one key per knowledge base
+        directory = self.catalog.directory(name)
         with self._lock:
             if name not in self._kbs:
                 if not self.catalog.exists(name):
@@ -114,7 +115,7 @@ class Assistant:
                         )
                     with self._store_writable():  # no empty knowledge base left behind a refused write
                         self.catalog.create(name)
-                self._kbs[name] = KnowledgeBase.open(directory, self.client, self.embedder.name, name.strip())
+                self._kbs[name] = KnowledgeBase.open(directory, self.client, self.embedder.name, name)
             return self._kbs[name]
 
     def _store_writable(self) -> AbstractContextManager[None]:
@@ -145,7 +146,7 @@ class Assistant:
             kb = self.knowledge_base(name, create=False)
             with self._writing(kb):
                 with self._lock:
-                    self._kbs.pop(name, None)
+                    self._kbs.pop(kb.name, None)
                 kb.close()
                 return self.catalog.delete(name)
         finally:
@@ -173,7 +174,7 @@ class Assistant:
     ) -> IngestReport:
         knowledge_base = self.knowledge_base(kb)
         files = list(expand_paths(Path(p) for p in paths))
-        with self._ingest_lock, self._writing(knowledge_base, progress):
+        with self._ingest_lock:  # the Ingestor takes the writer lock itself
             return self._ingestor(knowledge_base).ingest(files, progress)
 
     def sync(self, folder: Path, kb: str | None = None, progress: ProgressCallback = _no_progress) -> IngestReport:

@@ -24,7 +24,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.kb_names import check_name
 from kb_app.assistant import Assistant
 from kb_app.chat.pipeline import Answer, Citation
 from kb_app.errors import KbError
@@ -165,7 +164,7 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         """Ingest what was just dropped into ``kb``, delete the uploaded copies and empty the box for the next drop."""
         paths = [Path(p) for p in files or []]
         try:
-            name = check_name(kb or default_kb)
+            name = (kb or default_kb).strip()  # the Assistant checks it
             status = ingest(paths, name, progress)
         except Exception as exc:
             return problem(exc), gr.update(), gr.update(), None
@@ -181,7 +180,7 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
 
     def on_delete(kb: str):
         try:
-            name = check_name(kb)
+            name = kb.strip()  # the Assistant checks it
             deleted = assistant.delete_knowledge_base(name)
         except Exception as exc:
             return gr.update(choices=kb_choices(), value=default_kb), files_table(default_kb), problem(exc)
