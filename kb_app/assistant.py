@@ -1,15 +1,19 @@
 """The application object and the only door: the CLI, the page and the API call its verbs and only format.
 
 It builds every stage from one ``Settings`` (or takes the heavy parts it is given: ``Assistant(settings,
-embedder=..., model=...)``), checks every knowledge-base name before it touches a path, and is the one place a
-permission check will live.
+embedder=..., model=...)``), checks every knowledge-base name before it touches a path, and checks permission
+before it opens a knowledge base. ``Assistant(settings)`` acts as the machine's owner (the CLI);
+``assistant.as_user(user)`` is the same assistant acting for one signed-in user (the page, the API): it shares
+every heavy part and opens only the knowledge bases that user holds a grant on.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +28,10 @@ from ingest.pipeline import Ingestor, IngestReport, ProgressCallback, expand_pat
 from ingest.splitter import RecursiveSplitter
 from ingest.sync import sync_folder, watch_folder
 from ingest.vector_store import make_client
+from kb_app.access.accounts import Accounts
+from kb_app.access.policy import Policy
+from kb_app.access.roles import OWNER, Role, User
+from kb_app.access.store import AccessStore
 from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import build_evidence_check
@@ -39,28 +47,20 @@ def _no_progress(fraction: float, message: str) -> None:
     return None
 
 
-class Assistant:
-    """Heavy parts (embedder, Chroma client, model) are created on first use and shared, unless given."""
+class _Parts:
+    """The heavy, shared parts (embedder, Chroma client, model, open knowledge bases): one set per process,
+    however many users the assistant acts for. Each is created on first use, unless given."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        embedder: Embedder | None = None,
-        model: ChatModel | None = None,
-        client=None,
-    ) -> None:
+    def __init__(self, settings: Settings, embedder: Embedder | None, model: ChatModel | None, client) -> None:
         self.settings = settings
-        self._kbs: dict[str, KnowledgeBase] = {}
-        self._model = model
-        self._lock = threading.RLock()
-        self._ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
+        self.kbs: dict[str, KnowledgeBase] = {}
+        self.model: ChatModel | None = model
+        self.lock = threading.RLock()
+        self.ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
         if embedder is not None:
             self.__dict__["embedder"] = embedder
         if client is not None:
             self.__dict__["client"] = client
-
-    # -- parts -----------------------------------------------------------------------------------------------
 
     @cached_property
     def embedder(self) -> Embedder:
@@ -80,15 +80,74 @@ class Assistant:
         catalog.sweep()
         return catalog
 
+    @cached_property
+    def access(self) -> AccessStore:
+        return AccessStore(self.settings.access_db, self.settings.auth.session_hours)
+
+
+class Assistant:
+    """Acts for :attr:`user`: the machine's owner unless made with :meth:`as_user`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        model: ChatModel | None = None,
+        client=None,
+    ) -> None:
+        self.settings = settings
+        self.user: User = OWNER
+        self._parts = _Parts(settings, embedder, model, client)
+
+    def as_user(self, user: User) -> Assistant:
+        """This assistant acting for ``user``: the same parts, only the knowledge bases ``user`` holds a grant on."""
+        view = copy.copy(self)
+        view.user = user
+        return view
+
+    # -- parts -----------------------------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._parts.embedder
+
+    @property
+    def client(self):
+        return self._parts.client
+
+    @property
+    def registry(self) -> LoaderRegistry:
+        return self._parts.registry
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._parts.catalog
+
+    @property
+    def access(self) -> AccessStore:
+        """Users, grants, keys and sessions; the server authenticates callers against it."""
+        return self._parts.access
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self._parts.access)
+
+    @property
+    def accounts(self) -> Accounts:
+        """Users, grants and keys, as far as :attr:`user` may change them."""
+        return Accounts(self._parts.access, self.policy, self.user, self.catalog.exists)
+
     def model(self) -> ChatModel:
-        with self._lock:
-            if self._model is None:
-                self._model = build_chat_model(self.settings.llm, self.settings.cache_dir)
-            return self._model
+        with self._parts.lock:
+            if self._parts.model is None:
+                self._parts.model = build_chat_model(self.settings.llm, self.settings.cache_dir)
+            return self._parts.model
 
     def model_capabilities(self) -> Capabilities:
         """What the model can do, without loading it: the given model's, else the configured backend's."""
-        return capabilities_of(self._model) if self._model is not None else backend_capabilities(self.settings.llm)
+        model = self._parts.model
+        return capabilities_of(model) if model is not None else backend_capabilities(self.settings.llm)
 
     def hold_store(self, notice: Callable[[str], None] = no_notice) -> None:
         """Called once by ``kb serve``: hold the embedded Chroma store for this process's lifetime, so that a write
@@ -101,13 +160,20 @@ class Assistant:
 
     # -- knowledge bases -------------------------------------------------------------------------------------
 
-    def knowledge_base(self, name: str | None = None, create: bool = True) -> KnowledgeBase:
-        """The open knowledge base ``name`` (default: settings.kb); ``create=False`` refuses one that is not there."""
+    def knowledge_base(self, name: str | None = None, create: bool = True, need: Role = Role.ASK) -> KnowledgeBase:
+        """The open knowledge base ``name`` (default: settings.kb), once :attr:`user` is known to hold ``need`` on it.
+
+        ``create=False`` refuses one that is not there; a new one is created for any caller, who then holds
+        ``admin`` on it. A caller without a grant is refused the same way whether it exists or not.
+        """
         name = check_name(name or self.settings.kb)  # before anything touches a path; one key per knowledge base
-        directory = self.catalog.directory(name)
-        with self._lock:
-            if name not in self._kbs:
-                if not self.catalog.exists(name):
+        parts = self._parts
+        with parts.lock:
+            exists = self.catalog.exists(name)
+            if exists or not create:
+                self.policy.require(self.user, name, need)
+            if name not in parts.kbs:
+                if not exists:
                     if not create:
                         raise KnowledgeBaseNotFoundError(
                             f"there is no knowledge base named '{name}'",
@@ -115,8 +181,10 @@ class Assistant:
                         )
                     with self._store_writable():  # no empty knowledge base left behind a refused write
                         self.catalog.create(name)
-                self._kbs[name] = KnowledgeBase.open(directory, self.client, self.embedder.name, name)
-            return self._kbs[name]
+                    self.policy.created(self.user, name)
+                directory = self.catalog.directory(name)
+                parts.kbs[name] = KnowledgeBase.open(directory, self.client, self.embedder.name, name)
+            return parts.kbs[name]
 
     def _store_writable(self) -> AbstractContextManager[None]:
         """Refuses at once while a ``kb serve`` in another process holds the embedded store."""
@@ -124,33 +192,43 @@ class Assistant:
         return store.shared() if store is not None else nullcontext()
 
     def list_knowledge_bases(self) -> list[str]:
-        return self.catalog.names()
+        """The knowledge bases :attr:`user` holds any grant on (all of them for an admin)."""
+        return self.policy.visible(self.user, self.catalog.names())
+
+    def role(self, name: str | None = None) -> Role | None:
+        """The role :attr:`user` holds on ``name``: what the page may offer them there."""
+        return self.policy.role(self.user, check_name(name or self.settings.kb))
 
     def has_knowledge_base(self, name: str) -> bool:
-        """Whether ``name`` exists; :class:`KnowledgeBaseNameError` if it is not a name kb accepts."""
-        return self.catalog.exists(name)
+        """Whether ``name`` exists and :attr:`user` may see it; :class:`KnowledgeBaseNameError` for a bad name."""
+        return self.catalog.exists(name) and self.policy.role(self.user, check_name(name)) is not None
 
     def delete_knowledge_base(self, name: str) -> bool:
-        """Delete a whole knowledge base (vectors, index, manifest; never the user's files). False if none.
+        """Delete a whole knowledge base (vectors, index, manifest, grants; never the user's files). False if none.
 
-        Waits for a writer in another process like any writer does, without holding the lock that chat needs to
-        open knowledge bases; the open handle is closed and forgotten only once the delete can go ahead.
+        Needs ``admin`` on it. Waits for a writer in another process like any writer does, without holding the
+        lock that chat needs to open knowledge bases; the open handle is closed and forgotten only once the delete
+        can go ahead.
         """
-        if not self.has_knowledge_base(name):
+        if not self.catalog.exists(name):
+            if not self.user.admin:
+                self.policy.require(self.user, check_name(name), Role.ADMIN)
             return False
-        if not self._ingest_lock.acquire(blocking=False):
+        kb = self.knowledge_base(name, create=False, need=Role.ADMIN)
+        if not self._parts.ingest_lock.acquire(blocking=False):
             raise KnowledgeBaseBusyError(
                 "files are being ingested right now", "delete the knowledge base when the ingest has finished"
             )
         try:
-            kb = self.knowledge_base(name, create=False)
             with self._writing(kb):
-                with self._lock:
-                    self._kbs.pop(kb.name, None)
+                with self._parts.lock:
+                    self._parts.kbs.pop(kb.name, None)
                 kb.close()
-                return self.catalog.delete(name)
+                deleted = self.catalog.delete(kb.name)
+            self.policy.deleted(kb.name)
+            return deleted
         finally:
-            self._ingest_lock.release()
+            self._parts.ingest_lock.release()
 
     # -- documents -------------------------------------------------------------------------------------------
 
@@ -172,15 +250,16 @@ class Assistant:
     def ingest(
         self, paths: Iterable[Path], kb: str | None = None, progress: ProgressCallback = _no_progress
     ) -> IngestReport:
-        knowledge_base = self.knowledge_base(kb)
+        """Needs ``write`` on ``kb`` (or creates it)."""
+        knowledge_base = self.knowledge_base(kb, need=Role.WRITE)
         files = list(expand_paths(Path(p) for p in paths))
-        with self._ingest_lock:  # the Ingestor takes the writer lock itself
+        with self._parts.ingest_lock:  # the Ingestor takes the writer lock itself
             return self._ingestor(knowledge_base).ingest(files, progress)
 
     def sync(self, folder: Path, kb: str | None = None, progress: ProgressCallback = _no_progress) -> IngestReport:
         """Make ``kb`` match ``folder``: add new files, re-ingest changed ones, remove deleted ones."""
-        knowledge_base = self.knowledge_base(kb)
-        with self._ingest_lock, self._writing(knowledge_base, progress):
+        knowledge_base = self.knowledge_base(kb, need=Role.WRITE)
+        with self._parts.ingest_lock, self._writing(knowledge_base, progress):
             return sync_folder(self._ingestor(knowledge_base), knowledge_base, Path(folder), progress)
 
     def watch(
@@ -192,13 +271,13 @@ class Assistant:
         stop: threading.Event | None = None,
     ) -> None:
         """Sync ``folder`` every ``interval_s`` seconds until ``stop`` is set (or Ctrl-C)."""
-        self.knowledge_base(kb)
+        self.knowledge_base(kb, need=Role.WRITE)
         watch_folder(lambda: self.sync(folder, kb), on_report, interval_s, stop)
 
     def remove_file(self, source: str, kb: str | None = None) -> None:
         """Remove one file and its chunks; :class:`KbError` if the knowledge base does not hold it."""
-        knowledge_base = self.knowledge_base(kb, create=False)
-        with self._ingest_lock, self._writing(knowledge_base):
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.WRITE)
+        with self._parts.ingest_lock, self._writing(knowledge_base):
             if not knowledge_base.remove_file(source):
                 raise KbError(
                     f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
@@ -207,11 +286,17 @@ class Assistant:
     # -- questions -------------------------------------------------------------------------------------------
 
     def retriever(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> Retriever:
-        """The configured retriever over ``kb``; ``retrieval`` overrides the settings (``kb eval`` compares modes)."""
+        """The configured retriever over ``kb``; ``retrieval`` overrides the settings (``kb eval`` compares modes).
+
+        It hands out passage text, so it needs ``read``; answers (``ask``) are built by :meth:`pipeline`.
+        """
+        return self._retriever(self.knowledge_base(kb, create=False, need=Role.READ), retrieval)
+
+    def _retriever(self, knowledge_base: KnowledgeBase, retrieval: RetrievalSettings | None) -> Retriever:
         return build_retriever(
             retrieval or self.settings.retrieval,
             self.embedder,
-            self.knowledge_base(kb, create=False),
+            knowledge_base,
             self.settings.rerank,
             model=self.model,
             reading_prompt=PromptBuilder(self.settings.prompts_dir).question_likelihood,
@@ -219,13 +304,16 @@ class Assistant:
         )
 
     def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:
+        """Passages that match ``query``: needs ``read``."""
         return self.retriever(kb).retrieve(query, k or self.settings.retrieval.top_k)
 
     def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
+        """Answers over ``kb``: needs ``ask``. Its answers carry passage text; :meth:`stream` takes it out for
+        a caller who may not read it."""
         retrieval = retrieval or self.settings.retrieval
         prompts = PromptBuilder(self.settings.prompts_dir)
         return ChatPipeline(
-            retriever=self.retriever(kb, retrieval),
+            retriever=self._retriever(self.knowledge_base(kb, create=False, need=Role.ASK), retrieval),
             model=self.model,
             prompts=prompts,
             evidence=build_evidence_check(self.settings.refusal, self.model, prompts),
@@ -237,7 +325,18 @@ class Assistant:
     def stream(
         self, question: str, kb: str | None = None, history: list[Message] | None = None
     ) -> Iterator[str | Answer]:
-        return self.pipeline(kb).stream(question, history)
+        """Answer text as it is generated, then the :class:`Answer`; its citations hold passage text only for a
+        caller with ``read`` (``ask`` gets file, page and heading)."""
+        reads = self.policy.allows(self.user, check_name(kb or self.settings.kb), Role.READ)
+        for item in self.pipeline(kb).stream(question, history):
+            if isinstance(item, Answer) and not reads:
+                item = replace(item, citations=[replace(c, text="") for c in item.citations])
+            yield item
 
     def ask(self, question: str, kb: str | None = None, history: list[Message] | None = None) -> Answer:
-        return self.pipeline(kb).ask(question, history)
+        answer = None
+        for item in self.stream(question, kb, history):
+            if isinstance(item, Answer):
+                answer = item
+        assert answer is not None, "the pipeline always ends with an Answer"
+        return answer

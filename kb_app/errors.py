@@ -8,6 +8,10 @@ The tree (a caller catches a family; the coming API maps each family to one HTTP
     │   └── KnowledgeBaseBusyError    another process writes to it, or `kb serve` holds the embedded store
     ├── KnowledgeBaseNameError        a name with a path separator, '..', control characters, or too long
     ├── KnowledgeBaseNotFoundError    no knowledge base of that name
+    ├── AccessError                   users, grants and keys (auth.enabled)
+    │   ├── AuthenticationError       not signed in, a wrong password, an unknown, revoked or expired key or session
+    │   ├── PermissionDeniedError     signed in, but the grant held on that knowledge base does not allow it
+    │   └── UnknownUserError          no user of that name
     ├── DocumentError                 one file could not be ingested (the batch goes on)
     │   ├── UnsupportedFileError
     │   └── DocumentReadError         corrupt, encrypted, empty, over a limit
@@ -37,6 +41,8 @@ from ingest.errors import (
 )
 
 __all__ = [
+    "AccessError",
+    "AuthenticationError",
     "DocumentError",
     "DocumentReadError",
     "KbError",
@@ -49,14 +55,32 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelServerError",
+    "PermissionDeniedError",
     "SettingsError",
     "StoreError",
+    "UnknownUserError",
     "UnsupportedFileError",
 ]
 
 
 class KnowledgeBaseNotFoundError(KbError):
     """The named knowledge base does not exist."""
+
+
+class AccessError(KbError):
+    """Who may do what: users, their grants on knowledge bases, their API keys and sessions."""
+
+
+class AuthenticationError(AccessError):
+    """The caller is not known: no or a wrong password, key or session (HTTP 401)."""
+
+
+class PermissionDeniedError(AccessError):
+    """The caller is known but holds no grant, or too small a one, on that knowledge base (HTTP 403)."""
+
+
+class UnknownUserError(AccessError):
+    """No user of that name (``kb users list`` shows them)."""
 
 
 class ModelLoadError(ModelError):

@@ -25,6 +25,7 @@ from ingest.settings import EmbeddingSettings, IngestSettings, SplitterSettings,
 from kb_app.errors import KbError, SettingsError
 
 __all__ = [
+    "AuthSettings",
     "ChatSettings",
     "EmbeddingSettings",
     "IngestSettings",
@@ -199,6 +200,18 @@ class UiSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """Users and grants for a team (``kb users``, ``kb grant``); off by default: one person on 127.0.0.1 needs none."""
+
+    enabled: bool = Field(
+        False,
+        description="Require a signed-in user (page) or an API key (API); needed to serve beyond this machine.",
+    )
+    session_hours: float = Field(
+        12.0, gt=0, description="How long a sign-in lasts: a working day, so a forgotten tab does not stay open."
+    )
+
+
 class Settings(BaseSettings):
     """Everything kb can be told. See README for every key."""
 
@@ -222,6 +235,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = LlmSettings()
     chat: ChatSettings = ChatSettings()
     ui: UiSettings = UiSettings()
+    auth: AuthSettings = AuthSettings()
     ingest: IngestSettings = IngestSettings()
 
     @field_validator("kb")
@@ -251,6 +265,11 @@ class Settings(BaseSettings):
     def kbs_dir(self) -> Path:
         """One folder per knowledge base (manifest, lexical index), named by its id: see ``ingest.catalog``."""
         return self.home / "kbs"
+
+    @property
+    def access_db(self) -> Path:
+        """Users, grants, keys and sessions: see ``kb_app.access.store``."""
+        return self.home / "access.sqlite"
 
     @property
     def log_dir(self) -> Path:

@@ -157,7 +157,7 @@ def test_the_model_reread_is_built_only_for_a_backend_that_scores_replies(settin
         assert isinstance(assistant.retriever(), ModelRereadingRetriever) == rereads
         if not rereads:
             assert assistant.search("How many days of paid leave?", k=1)[0].chunk.source == "leave.txt"
-        assert assistant._model is None  # decided without loading the model
+        assert assistant._parts.model is None  # decided without loading the model
 
 
 def test_describe_transformers_and_the_unassembled_default(tiny_glm: TinyGlm, tmp_path: Path) -> None:  # noqa: F811

@@ -1,0 +1,33 @@
+"""Who is calling: an API key (``Authorization: Bearer KEY``) or the page's session cookie, else nobody.
+
+With ``auth.enabled`` false every request acts as the machine's owner, as kb always did on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+from kb_app.access.roles import OWNER, User
+from kb_app.assistant import Assistant
+from kb_app.errors import AuthenticationError
+
+SESSION_COOKIE = "kb_session"
+
+
+def bearer_key(connection: HTTPConnection) -> str | None:
+    scheme, _, key = connection.headers.get("authorization", "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+def authenticate(connection: HTTPConnection, assistant: Assistant) -> User:
+    """The caller of this request; :class:`AuthenticationError` when auth is on and neither key nor session holds."""
+    if not assistant.settings.auth.enabled:
+        return OWNER
+    if key := bearer_key(connection):
+        return assistant.access.user_for_key(key)
+    if token := connection.cookies.get(SESSION_COOKIE):
+        return assistant.access.user_for_session(token)
+    raise AuthenticationError(
+        "sign in first: this kb server requires a user",
+        "open /login in the browser, or send an API key: `Authorization: Bearer KEY` (`kb keys create NAME`)",
+    )
