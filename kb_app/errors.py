@@ -1,6 +1,6 @@
 """Errors a user can act on: each says what went wrong (``message``) and what to do about it (``hint``).
 
-The tree (a caller catches a family; the coming API maps each family to one HTTP status)::
+The tree (a caller catches a family; ``kb_app.api.errors`` maps each family to one HTTP status)::
 
     KbError
     ├── SettingsError                 a bad value, an unknown key, an untrusted config file
@@ -8,6 +8,7 @@ The tree (a caller catches a family; the coming API maps each family to one HTTP
     │   └── KnowledgeBaseBusyError    another process writes to it, or `kb serve` holds the embedded store
     ├── KnowledgeBaseNameError        a name with a path separator, '..', control characters, or too long
     ├── KnowledgeBaseNotFoundError    no knowledge base of that name
+    ├── LimitExceededError            a request over a limit: too many files at once, a question too long
     ├── AccessError                   users, grants and keys (auth.enabled)
     │   ├── AuthenticationError       not signed in, a wrong password, an unknown, revoked or expired key or session
     │   ├── PermissionDeniedError     signed in, but the grant held on that knowledge base does not allow it
@@ -49,6 +50,7 @@ __all__ = [
     "KnowledgeBaseBusyError",
     "KnowledgeBaseNameError",
     "KnowledgeBaseNotFoundError",
+    "LimitExceededError",
     "LogprobsUnavailableError",
     "ModelError",
     "ModelGenerationError",
@@ -65,6 +67,10 @@ __all__ = [
 
 class KnowledgeBaseNotFoundError(KbError):
     """The named knowledge base does not exist."""
+
+
+class LimitExceededError(KbError):
+    """A request over one of kb's limits (``ui.max_files_per_upload``, ``ui.max_question_chars``, upload size)."""
 
 
 class AccessError(KbError):

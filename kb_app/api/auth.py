@@ -5,7 +5,7 @@ With ``auth.enabled`` false every request acts as the machine's owner, as kb alw
 
 from __future__ import annotations
 
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
 from kb_app.access.roles import OWNER, User
 from kb_app.assistant import Assistant
@@ -31,3 +31,9 @@ def authenticate(connection: HTTPConnection, assistant: Assistant) -> User:
         "sign in first: this kb server requires a user",
         "open /login in the browser, or send an API key: `Authorization: Bearer KEY` (`kb keys create NAME`)",
     )
+
+
+def current_assistant(request: Request) -> Assistant:
+    """FastAPI dependency: the server's Assistant (``app.state.assistant``) acting for this request's caller."""
+    assistant: Assistant = request.app.state.assistant
+    return assistant.as_user(authenticate(request, assistant))
