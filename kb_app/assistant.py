@@ -135,8 +135,9 @@ class Assistant:
 
     @property
     def accounts(self) -> Accounts:
-        """Users, grants and keys, as far as :attr:`user` may change them."""
-        return Accounts(self._parts.access, self.policy, self.user, self.catalog.exists)
+        """Users, grants and keys, as far as :attr:`user` may change them. The catalog (and with it the Chroma
+        client) is opened only when a grant needs to know its knowledge base exists."""
+        return Accounts(self._parts.access, self.policy, self.user, lambda kb: self.catalog.exists(kb))
 
     def model(self) -> ChatModel:
         with self._parts.lock:
@@ -170,7 +171,7 @@ class Assistant:
         parts = self._parts
         with parts.lock:
             exists = self.catalog.exists(name)
-            if exists or not create:
+            if exists or not create or name in parts.kbs:  # an open handle is checked too: it may be gone since
                 self.policy.require(self.user, name, need)
             if name not in parts.kbs:
                 if not exists:
@@ -308,12 +309,15 @@ class Assistant:
         return self.retriever(kb).retrieve(query, k or self.settings.retrieval.top_k)
 
     def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
-        """Answers over ``kb``: needs ``ask``. Its answers carry passage text; :meth:`stream` takes it out for
-        a caller who may not read it."""
+        """The answering pipeline over ``kb`` (``kb eval``): its answers and retriever hand out passage text, so it
+        needs ``read``; :meth:`stream` and :meth:`ask` answer an ``ask``-only caller without it."""
+        return self._pipeline(self.knowledge_base(kb, create=False, need=Role.READ), retrieval)
+
+    def _pipeline(self, knowledge_base: KnowledgeBase, retrieval: RetrievalSettings | None) -> ChatPipeline:
         retrieval = retrieval or self.settings.retrieval
         prompts = PromptBuilder(self.settings.prompts_dir)
         return ChatPipeline(
-            retriever=self._retriever(self.knowledge_base(kb, create=False, need=Role.ASK), retrieval),
+            retriever=self._retriever(knowledge_base, retrieval),
             model=self.model,
             prompts=prompts,
             evidence=build_evidence_check(self.settings.refusal, self.model, prompts),
@@ -327,8 +331,9 @@ class Assistant:
     ) -> Iterator[str | Answer]:
         """Answer text as it is generated, then the :class:`Answer`; its citations hold passage text only for a
         caller with ``read`` (``ask`` gets file, page and heading)."""
-        reads = self.policy.allows(self.user, check_name(kb or self.settings.kb), Role.READ)
-        for item in self.pipeline(kb).stream(question, history):
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.ASK)
+        reads = self.policy.allows(self.user, knowledge_base.name, Role.READ)
+        for item in self._pipeline(knowledge_base, None).stream(question, history):
             if isinstance(item, Answer) and not reads:
                 item = replace(item, citations=[replace(c, text="") for c in item.citations])
             yield item

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from kb_app.errors import KbError, KnowledgeBaseNotFoundError
+from kb_app.errors import AccessError, KbError, KnowledgeBaseNotFoundError
 from kb_app.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -198,10 +199,10 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 7860).")] = None,
     browser: Annotated[bool | None, typer.Option("--browser/--no-browser", help="Open a browser tab.")] = None,
 ) -> None:
-    """Start the web app: chat with citations, drag-and-drop upload, knowledge-base management."""
-    from kb_app.ui.web import launch
+    """Start the server: the page (chat with citations, upload, knowledge bases), the API (/v1, /api/kb, /docs)."""
+    from kb_app.server import serve as run_server
 
-    launch(_settings(ctx, **{"ui.host": host, "ui.port": port, "ui.open_browser": browser}))
+    run_server(_settings(ctx, **{"ui.host": host, "ui.port": port, "ui.open_browser": browser}))
 
 
 @app.command("list")
@@ -353,6 +354,211 @@ def evaluate_command(
         typer.echo(f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |")
     if out:
         typer.echo(f"run written to {out}")
+
+
+users_app = typer.Typer(
+    help="Users who sign in to `kb serve` when auth.enabled is on (KB_AUTH__ENABLED=true). This command acts as "
+    "the machine's owner: it may change every user, grant and key.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+keys_app = typer.Typer(
+    help="API keys: `Authorization: Bearer KEY` on the API acts with the grants of the key's user.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+UserArgument = Annotated[str, typer.Argument(help="The user's name: letters, digits and . _ - @ (at most 64).")]
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from the first line of standard input instead of prompting."
+    ),
+]
+
+
+def _accounts(ctx: typer.Context):
+    """Users, grants and keys as the machine's owner; neither the model nor Chroma is loaded for them."""
+    return _assistant(_settings(ctx)).accounts
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("Password (at least 8 characters)", hide_input=True, confirmation_prompt=True)
+
+
+def _when(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+
+
+def _user_row(record) -> dict[str, Any]:
+    return {"name": record.name, "admin": record.admin, "created": _when(record.created)}
+
+
+def _grant_row(grant) -> dict[str, Any]:
+    return {"user": grant.user, "kb": grant.kb, "role": grant.role.label}
+
+
+def _key_row(record) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "user": record.user,
+        "label": record.label,
+        "created": _when(record.created),
+        "last_used": _when(record.last_used),
+    }
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    name: UserArgument,
+    admin: Annotated[
+        bool, typer.Option("--admin", help="An admin manages users and holds every role on every knowledge base.")
+    ] = False,
+    password_stdin: PasswordStdinOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a user who signs in with NAME and a password (stored only as an argon2id hash).
+
+    A new user sees no knowledge base until `kb grant NAME KB ROLE` gives them one.
+    """
+    record = _accounts(ctx).add_user(name, _new_password(password_stdin), admin)
+    if as_json:
+        _emit(_user_row(record))
+        return
+    kind = "admin" if record.admin else "user"
+    typer.echo(f"added {kind} {record.name}; `kb grant {record.name} KB ROLE` gives access to a knowledge base")
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List the users (never their passwords)."""
+    rows = [_user_row(record) for record in _accounts(ctx).users()]
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo("no users yet: `kb users add NAME` adds one")
+    for row in rows:
+        typer.echo(f"{row['name']}\t{'admin' if row['admin'] else 'user'}\tadded {row['created']}")
+
+
+@users_app.command("remove")
+def users_remove(
+    ctx: typer.Context,
+    name: UserArgument,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a user with their grants, API keys and sessions (signed-in pages are signed out)."""
+    accounts = _accounts(ctx)
+    accounts.user(name)  # an unknown name fails before the question
+    if not yes:
+        typer.confirm(f"Remove user '{name}' with their grants, keys and sessions?", abort=True)
+    accounts.remove_user(name)
+    typer.echo(f"removed {name}")
+
+
+@users_app.command("passwd")
+def users_passwd(ctx: typer.Context, name: UserArgument, password_stdin: PasswordStdinOption = False) -> None:
+    """Set a new password for NAME; it also signs them out everywhere (their API keys keep working)."""
+    accounts = _accounts(ctx)
+    accounts.user(name)
+    accounts.set_password(name, _new_password(password_stdin))
+    typer.echo(f"password changed for {name}; their sessions were ended")
+
+
+@app.command()
+def grant(
+    ctx: typer.Context,
+    name: UserArgument,
+    kb: Annotated[str, typer.Argument(help="The knowledge base (`kb list` shows them).")],
+    role: Annotated[
+        str,
+        typer.Argument(
+            help="One of: ask (answers with file and page citations, no passage text, no file download), "
+            "read (also passages and source files), write (also upload and delete documents), "
+            "admin (also grants and deleting the knowledge base)."
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Give user NAME the role ROLE on knowledge base KB (replacing the role they held there)."""
+    given = _accounts(ctx).grant(name, kb, role)
+    if as_json:
+        _emit(_grant_row(given))
+        return
+    typer.echo(f"{given.user} holds '{given.role.label}' on {given.kb}")
+
+
+@app.command()
+def revoke(
+    ctx: typer.Context,
+    name: UserArgument,
+    kb: Annotated[str, typer.Argument(help="The knowledge base.")],
+) -> None:
+    """Take away the role user NAME holds on knowledge base KB (admins keep theirs everywhere)."""
+    if not _accounts(ctx).revoke(name, kb):
+        raise AccessError(f"'{name}' holds no grant on '{kb}'", f"`kb grants --kb '{kb}'` lists its grants")
+    typer.echo(f"{name} no longer holds a grant on {kb}")
+
+
+@app.command()
+def grants(ctx: typer.Context, kb: KbOption = None, as_json: JsonOption = False) -> None:
+    """List who holds which role on which knowledge base (admins, who hold every role, are not listed)."""
+    rows = [_grant_row(g) for g in _accounts(ctx).grants(kb)]
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo("no grants yet: `kb grant NAME KB ROLE` gives one")
+    for row in rows:
+        typer.echo(f"{row['kb']}\t{row['user']}\t{row['role']}")
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    name: UserArgument,
+    label: Annotated[str, typer.Option("--label", help="What the key is for, shown by `kb keys list`.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Create an API key for user NAME and print it once: kb stores only its digest and cannot show it again."""
+    record, key = _accounts(ctx).create_key(name, label)
+    if as_json:
+        _emit({"key": key, "id": record.id, "user": record.user, "label": record.label})
+        return
+    typer.echo(key)
+    typer.echo(f"key {record.id} for {record.user}: copy it now, it is not shown again", err=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Only this user's keys (default: everyone's).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List API keys by id, user and label (never the keys themselves)."""
+    rows = [_key_row(record) for record in _accounts(ctx).keys(name)]
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo("no API keys: `kb keys create NAME` creates one")
+    for row in rows:
+        used = f"last used {row['last_used']}" if row["last_used"] else "never used"
+        typer.echo(f"{row['id']}\t{row['user']}\t{row['label'] or '-'}\tcreated {row['created']}\t{used}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The key's id (`kb keys list`).")]
+) -> None:
+    """Revoke an API key at once: requests that bear it are refused from then on."""
+    if not _accounts(ctx).revoke_key(key_id):
+        raise AccessError(f"there is no API key with id '{key_id}'", "`kb keys list` shows the ids")
+    typer.echo(f"revoked key {key_id}")
 
 
 def main() -> None:

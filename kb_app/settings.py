@@ -192,11 +192,29 @@ class UiSettings(BaseModel):
         description="Longest question accepted (box and HTTP route); far above a real question, well below the "
         "model's context, so a pasted document cannot crowd out the passages.",
     )
+    max_history_chars: int = Field(
+        8000,
+        ge=1,
+        description="Longest earlier turn /v1/chat/completions accepts: an answer with its sources fits, a "
+        "pasted document does not (the newest turn is condensed whatever its length).",
+    )
+    max_embedding_inputs: int = Field(
+        128, ge=1, description="Texts one /v1/embeddings request may hold: a batch of passages, a few seconds' work."
+    )
+    max_embedding_chars: int = Field(
+        8000, ge=1, description="Longest text /v1/embeddings takes; the embedder reads only its first 512 tokens."
+    )
     queue_size: int = Field(
         32, ge=1, description="Events waiting for a worker before new ones are turned away, instead of piling up."
     )
     concurrency: int = Field(
         2, ge=1, description="Events run at once; two keeps chat responsive on a small machine while one ingests."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names besides localhost and the bind address that browsers may use to reach the server "
+        "(e.g. the machine's LAN name; IP addresses always pass): any other Host header is refused, which "
+        "defeats DNS rebinding. Env: KB_UI__ALLOWED_HOSTS as a JSON list.",
     )
 
 

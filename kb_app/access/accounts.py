@@ -38,6 +38,11 @@ class Accounts:
         self._admin_only("add users")
         return self.store.add_user(name, password, admin)
 
+    def user(self, name: str) -> User:
+        """The user named ``name`` (:class:`UnknownUserError` if none), so the CLI can check before it prompts."""
+        self._admin_only("look users up")
+        return self.store.user(name)
+
     def users(self) -> list[UserRecord]:
         self._admin_only("list users")
         return self.store.users()
@@ -53,8 +58,10 @@ class Accounts:
     # -- grants ----------------------------------------------------------------------------------------------
 
     def grant(self, user: str, kb: str, role: Role | str) -> Grant:
-        kb = self._existing(kb)
+        """Permission first: a caller who holds no grant learns nothing of whether ``kb`` exists."""
+        kb = check_name(kb)
         self.policy.require(self.caller, kb, Role.ADMIN)
+        self._existing(kb)
         return self.store.grant(user, kb, role if isinstance(role, Role) else Role.parse(role))
 
     def revoke(self, user: str, kb: str) -> bool:
@@ -69,11 +76,9 @@ class Accounts:
             return grants
         return [g for g in grants if g.user == self.caller.name or self.policy.allows(self.caller, g.kb, Role.ADMIN)]
 
-    def _existing(self, kb: str) -> str:
-        kb = check_name(kb)
+    def _existing(self, kb: str) -> None:
         if not self._exists(kb):
             raise KnowledgeBaseNotFoundError(f"there is no knowledge base named '{kb}'", "`kb list` shows them")
-        return kb
 
     # -- keys ------------------------------------------------------------------------------------------------
 

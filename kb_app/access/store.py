@@ -224,6 +224,7 @@ class AccessStore:
 
     def start_session(self, user: str) -> str:
         """A session token for the page's cookie; it expires after ``auth.session_hours``."""
+        self.user(user)
         token = secrets.token_urlsafe(32)
         now = time.time()
         with self._db() as db:
