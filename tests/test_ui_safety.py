@@ -1,84 +1,28 @@
 """The page attacked through its HTTP routes, as a script (not the page) would call them; no chat model is loaded.
 
-Each test launches the real app (``kb_app.ui.web.launch``) with a temporary KB_HOME on a free port and speaks
-Gradio's own protocol: ``POST /gradio_api/upload`` for files, ``POST /gradio_api/queue/join`` and the event
-stream of ``/gradio_api/queue/data`` for handlers. Ingest uses the real embedder and store.
+Each test serves the real app (``kb_app.server.build_app`` under uvicorn) with a temporary KB_HOME on a free port
+and speaks Gradio's own protocol: ``POST /gradio_api/upload`` for files, ``POST /gradio_api/queue/join`` and the
+event stream of ``/gradio_api/queue/data`` for handlers. Ingest uses the real embedder and store.
 """
 
 from __future__ import annotations
 
-import json
-import socket
 import stat
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from markdown_it import MarkdownIt
 
+from kb_app.chat.pipeline import Citation
 from kb_app.settings import load_settings
-from kb_app.ui.web import GENERIC_ERROR, escape_markdown, launch, neutralise, unneutralise
+from kb_app.ui.web import GENERIC_ERROR, escape_markdown, format_sources, neutralise, unneutralise
 from tests.conftest import FIXTURES
+from tests.page_server import PageClient, last_message, serving
 
 DOCUMENT = FIXTURES / "ui" / "zephyr_policy.txt"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PageClient:
-    """The page's routes called over HTTP, the way the browser calls them."""
-
-    def __init__(self, base_url: str, home: Path) -> None:
-        self.home = home
-        self.http = httpx.Client(base_url=base_url, timeout=120)
-        self.config = self.http.get("/config").json()
-        self.events = {d["api_name"]: d["id"] for d in self.config["dependencies"]}
-
-    def upload(self, *paths: Path) -> httpx.Response:
-        return self.http.post("/gradio_api/upload", files=[("files", (p.name, p.read_bytes())) for p in paths])
-
-    def files(self, *paths: Path) -> list[dict]:
-        """Upload ``paths`` and return them as the File box sends them to its handler."""
-        response = self.upload(*paths)
-        assert response.status_code == 200, response.text
-        return [
-            {"path": server, "orig_name": p.name, "meta": {"_type": "gradio.FileData"}}
-            for server, p in zip(response.json(), paths, strict=True)
-        ]
-
-    def call(self, event: str, *data: Any) -> list:
-        """Run one event handler to its end; its outputs."""
-        session = uuid.uuid4().hex
-        joined = self.http.post(
-            "/gradio_api/queue/join",
-            json={"data": list(data), "fn_index": self.events[event], "session_hash": session, "trigger_id": None},
-        )
-        assert joined.status_code == 200, joined.text
-        with self.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
-            for line in stream.iter_lines():
-                message = json.loads(line[5:]) if line.startswith("data:") else {}
-                if message.get("msg") == "process_completed":
-                    assert message["success"], message
-                    return message["output"]["data"]
-        raise AssertionError(f"the event stream of {event} ended without a result")
-
-    def status_of_upload(self, paths: list[Path], kb: str) -> str:
-        return self.call("upload", self.files(*paths), kb)[0]
-
-    def table(self, kb: str) -> list[list]:
-        return self.call("kb_change", kb)[0]["data"]
-
-
-def last_message(chat: list[dict]) -> str:
-    content = chat[-1]["content"]
-    return content if isinstance(content, str) else " ".join(part.get("text", "") for part in content)
 
 
 def files_under(folder: Path) -> list[Path]:
@@ -87,20 +31,16 @@ def files_under(folder: Path) -> list[Path]:
 
 @pytest.fixture
 def open_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., PageClient]]:
-    """Launch the app with settings ``overrides``; closed (and GRADIO_TEMP_DIR restored) after the test."""
-    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)  # launch() sets it; monkeypatch puts it back
-    demos = []
+    """Serve the app with settings ``overrides``; stopped (and GRADIO_TEMP_DIR restored) after the test."""
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)  # prepare_uploads() sets it; monkeypatch puts it back
+    with ExitStack() as servers:
 
-    def open_(**overrides: Any) -> PageClient:
-        port = free_port()
-        home = tmp_path / "kb_home"
-        settings = load_settings(home=home, **{"ui.port": port, "ui.open_browser": False, **overrides})
-        demos.append(launch(settings, block=False))
-        return PageClient(f"http://127.0.0.1:{port}", home)
+        def open_(**overrides: Any) -> PageClient:
+            home = tmp_path / "kb_home"
+            settings = load_settings(home=home, **{"ui.open_browser": False, **overrides})
+            return PageClient(servers.enter_context(serving(settings)), home)
 
-    yield open_
-    for demo in demos:
-        demo.close()
+        yield open_
 
 
 HOSTILE_NAMES = ["../victim", "../../victim", "..", "bad\x07name", "two\nlines", "k" * 65]
@@ -134,7 +74,7 @@ def test_a_hostile_name_in_a_question_or_a_kb_change_is_shown_not_raised(open_pa
     page = open_page()
     chat = page.call("ask", "What is the allowance?", [], "../../victim")[0]
     assert last_message(chat).startswith("⚠️") and "path separator" in last_message(chat)
-    table, status = page.call("kb_change", "/etc")
+    table, status, *_ = page.call("kb_change", "/etc")
     assert table["data"] == [] and "path separator" in status
 
 
@@ -224,3 +164,14 @@ def test_rendered_text_holds_no_image_and_no_raw_html(text: str) -> None:
         assert "<img" not in rendered and "<iframe" not in rendered and "<style" not in rendered, rendered
     assert "<a " not in render(escape_markdown(text))
     assert unneutralise(neutralise(text)) == text
+
+
+def test_sources_for_an_ask_caller_name_files_without_an_empty_quote() -> None:
+    """The Assistant blanks passage text for ``ask``; the sources then show file, page and score, and no quote."""
+    render = MarkdownIt("commonmark").render
+    citations = [Citation(1, "a.pdf", 2, "", 0.8, "Intro"), Citation(2, "b.txt", None, "", 0.7)]
+    rendered = render(format_sources(citations, "en"))
+    assert "a.pdf" in rendered and "page 2" in rendered and "b.txt" in rendered
+    assert "<blockquote>" not in rendered
+    with_text = render(format_sources([Citation(1, "a.pdf", 2, "the passage", 0.8)], "en"))
+    assert "<blockquote>" in with_text and "the passage" in with_text

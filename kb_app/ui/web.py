@@ -1,32 +1,34 @@
-"""The browser app: streaming chat with sources under each answer, drag-and-drop upload, knowledge bases.
+"""The browser page: streaming chat with sources under each answer, drag-and-drop upload, knowledge bases, and
+the admin screen (:mod:`kb_app.ui.admin`). :func:`kb_app.server.build_app` mounts it at ``/`` behind sign-in.
 
-It is thin: every handler calls the :class:`Assistant` and formats. Three rules hold for everything it shows:
-a :class:`KbError` is shown with its message and hint, any other failure only as one generic line (the details
-go to the server log); text from documents (passages, file names, headings) is escaped so it renders as plain
-text; the model's answer keeps its Markdown but can carry no image and no raw HTML. Together with the
+It is thin: every handler calls the :class:`Assistant` acting for the visitor (:func:`acting`: the user Gradio's
+``request.username`` names, which the server's sign-in fills) and formats. The Assistant decides what a role
+allows; the page only leaves out what it would refuse, and builds nothing user-specific into the page itself (a
+``demo.load`` handler fills it per visitor). Three rules hold for everything it shows: a :class:`KbError` is shown
+with its message and hint, any other failure only as one generic line (the details go to the server log); text
+from documents and users (passages, file names, headings, names) is escaped so it renders as plain text; the
+model's answer keeps its Markdown but can carry no image and no raw HTML. Together with the server's
 Content-Security-Policy header, a hostile document cannot make a viewer's browser fetch anything remote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 from gradio.utils import NamedString
-from starlette.datastructures import MutableHeaders
-from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
 from kb_app.chat.pipeline import Answer, Citation
-from kb_app.errors import KbError
+from kb_app.errors import AuthenticationError, KbError, LimitExceededError
 from kb_app.models.base import Message as ChatMessage
 from kb_app.settings import Settings
 
@@ -35,20 +37,6 @@ log = logging.getLogger(__name__)
 HEADERS = ["file", "chunks", "bytes"]
 SOURCES_RULE = "\n\n---\n"  # separates an answer from its sources in the chat
 GENERIC_ERROR = "⚠️ Something went wrong on the server; the details are in its log. 服务器出错，详情见日志。"
-# Everything the page loads comes from this server; data:/blob: for the images and fonts Gradio inlines.
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "img-src 'self' data: blob:",
-        "media-src 'self' data: blob:",
-        "font-src 'self' data:",
-        "connect-src 'self'",
-        "frame-src 'self'",
-        "object-src 'none'",
-        "base-uri 'self'",
-        "form-action 'self'",
-        "frame-ancestors 'self'",
-    ]
-)
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark CommonMark can escape
 _ANSWER_SPECIALS = re.compile(r"\\|<|(?<=!)\[")  # backslash, raw HTML, the bracket that makes ![..] an image
@@ -80,7 +68,7 @@ def problem(exc: BaseException) -> str:
 
 
 def format_sources(citations: list[Citation], language: str) -> str:
-    """Markdown shown under an answer: file, page, score and the passage itself (escaped), for every citation."""
+    """Markdown under an answer: file, page, score and, for a caller who may read it, the passage (escaped)."""
     if not citations:
         return ""
     title = "来源" if language == "zh" else "Sources"
@@ -90,7 +78,8 @@ def format_sources(citations: list[Citation], language: str) -> str:
         page = f" · {page_word.format(c.page)}" if c.page else ""
         page += f" · {escape_markdown(c.heading)}" if c.heading else ""
         quoted = "\n".join(f"> {escape_markdown(line)}" for line in c.text.splitlines() if line.strip())
-        lines.append(f"**\\[{c.n}\\] {escape_markdown(c.source)}**{page} · score {c.score:.3f}\n\n{quoted}\n")
+        passage = f"\n{quoted}\n" if quoted else ""  # an ``ask`` caller gets no passage text: no empty quote either
+        lines.append(f"**\\[{c.n}\\] {escape_markdown(c.source)}**{page} · score {c.score:.3f}\n{passage}")
     return "\n".join(lines)
 
 
@@ -132,69 +121,147 @@ def upload_box(**kwargs) -> gr.File:
     return box
 
 
+def acting(assistant: Assistant, request: gr.Request | None) -> Assistant:
+    """``assistant`` acting for whoever sent ``request``: the user the server's ``auth_dependency`` named, or the
+    machine's owner when authentication is off. A page mounted without that dependency while auth is on serves
+    nobody (the server refuses such a request before it gets here; this holds if it ever does not)."""
+    name = getattr(request, "username", None)
+    if name:
+        return assistant.as_user(assistant.access.user(name))
+    if assistant.settings.auth.enabled:
+        raise AuthenticationError("sign in first: this kb server requires a user", "open /login in the browser")
+    return assistant
+
+
+def knowledge_bases(me: Assistant) -> tuple[list[str], str | None]:
+    """The dropdown's choices (the knowledge bases ``me`` may see) and the one selected first: the configured
+    default if ``me`` holds a role on it (an admin holds one on every name), else the first they may see."""
+    visible = me.list_knowledge_bases()
+    default = me.settings.kb
+    if me.role(default) is not None:
+        return sorted({*visible, default}), default
+    return visible, visible[0] if visible else None
+
+
+def files_table(me: Assistant, kb: str | None) -> list[list]:
+    """The files of ``kb``; none for a knowledge base ``me`` may not see, whether it exists or not."""
+    if not kb or not me.has_knowledge_base(kb):
+        return []
+    return [[r.source, len(r.chunk_ids), r.size] for r in me.files(kb)]
+
+
+def files_note(me: Assistant, kb: str | None) -> str | dict:
+    """The status line for a name with no knowledge base ``me`` may see: the same words whether one exists or not."""
+    if not kb:
+        return "type the name of a new knowledge base and drop files to create it, or ask an admin for a grant"
+    if me.has_knowledge_base(kb):
+        return gr.update()
+    return f"no knowledge base named **{escape_markdown(kb)}** that you can open yet; drop files here to create it"
+
+
+def controls(me: Assistant, kb: str | None) -> tuple[dict, dict]:
+    """The upload box (writers, or anyone naming a knowledge base they hold no grant on, to create it) and the
+    delete button (admins of ``kb``). Hidden controls are a courtesy: the Assistant refuses the verbs anyway."""
+    role = me.role(kb) if kb else None
+    return gr.update(visible=role is None or role >= Role.WRITE), gr.update(visible=role == Role.ADMIN)
+
+
+def signed_in(me: Assistant) -> dict:
+    """Who is signed in and a button that ends the session (``POST /logout``); nothing when auth is off."""
+    if not me.settings.auth.enabled:
+        return gr.update(value="", visible=False)
+    form = (
+        f'<form method="post" action="/logout" id="sign-out">Signed in as <b>{html.escape(me.user.name)}</b> '
+        '<button type="submit">Sign out 退出</button></form>'
+    )
+    return gr.update(value=form, visible=True)
+
+
 def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
-    """The page over ``assistant``; files dropped on it arrive in ``uploads`` and are deleted once ingested."""
+    """The page over ``assistant``; files dropped on it arrive in ``uploads`` and are deleted once ingested.
+
+    Nothing about a user is put into the page when it is built (that would ship to every visitor in /config): the
+    knowledge bases, their files and the controls a role allows are filled in per visitor by ``demo.load``.
+    """
+    from kb_app.ui.admin import AdminScreen  # here: the admin screen builds on this module's helpers
+
     default_kb = assistant.settings.kb
     ui = assistant.settings.ui
 
-    def kb_choices() -> list[str]:
-        return sorted({*assistant.list_knowledge_bases(), default_kb})
-
-    def files_table(kb: str) -> list[list]:
-        if not assistant.has_knowledge_base(kb):
-            return []
-        return [[r.source, len(r.chunk_ids), r.size] for r in assistant.files(kb)]
-
-    def ingest(paths: list[Path], kb: str, progress: gr.Progress) -> str:
+    def ingest(me: Assistant, paths: list[Path], kb: str, progress: gr.Progress) -> str:
         if len(paths) > ui.max_files_per_upload:
-            raise KbError(
+            raise LimitExceededError(
                 f"{len(paths)} files in one drop; at most {ui.max_files_per_upload} are taken at once",
                 "drop fewer files at a time, or raise KB_UI__MAX_FILES_PER_UPLOAD",
             )
-        report = assistant.ingest(paths, kb=kb, progress=lambda fraction, message: progress(fraction, desc=message))
+        report = me.ingest(paths, kb=kb, progress=lambda fraction, message: progress(fraction, desc=message))
         lines = [f"**{escape_markdown(kb)}**: {report.summary()}"]
         lines += [f"- ⚠️ {escape_markdown(f.reason.splitlines()[0])}" for f in report.failed]
         return "\n".join(lines)
 
+    def view(me: Assistant, kb: str | None) -> tuple:
+        """Everything that depends on who ``me`` is and on the selected knowledge base."""
+        return (*controls(me, kb), *admin.view(me, kb))
+
+    def on_load(request: gr.Request):
+        try:
+            me = acting(assistant, request)
+            choices, selected = knowledge_bases(me)
+            shown = files_table(me, selected), files_note(me, selected), signed_in(me)
+            return gr.update(choices=choices, value=selected), *shown, *view(me, selected)
+        except Exception as exc:
+            return gr.update(), [], problem(exc), gr.update(), *hidden
+
     def on_upload(
         files: list[str] | None,
         kb: str,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008
     ):
         """Ingest what was just dropped into ``kb``, delete the uploaded copies and empty the box for the next drop."""
         paths = [Path(p) for p in files or []]
         try:
+            me = acting(assistant, request)
             name = (kb or default_kb).strip()  # the Assistant checks it
-            status = ingest(paths, name, progress)
+            status = ingest(me, paths, name, progress)
+            choices, _ = knowledge_bases(me)
+            shown = [files_table(me, name), gr.update(choices=choices, value=name), *view(me, name)]
         except Exception as exc:
-            return problem(exc), gr.update(), gr.update(), None
+            status, shown = problem(exc), [gr.update(), gr.update(), *unchanged]
         finally:
             discard_uploads(paths, uploads)
-        return status, files_table(name), gr.update(choices=kb_choices(), value=name), None
+        shown[2] = {**shown[2], "value": None}  # the upload box, emptied for the next drop
+        return status, *shown
 
-    def on_kb_change(kb: str):
+    def on_kb_change(kb: str, request: gr.Request):
         try:
-            return files_table(kb), gr.update()
+            me = acting(assistant, request)
+            return files_table(me, kb), files_note(me, kb), *view(me, kb)
         except Exception as exc:
-            return [], problem(exc)
+            return [], problem(exc), *unchanged
 
-    def on_delete(kb: str):
+    def on_delete(kb: str, request: gr.Request):
         try:
+            me = acting(assistant, request)
             name = kb.strip()  # the Assistant checks it
-            deleted = assistant.delete_knowledge_base(name)
+            deleted = me.delete_knowledge_base(name)
+            choices, selected = knowledge_bases(me)
+            shown = (gr.update(choices=choices, value=selected), files_table(me, selected), *view(me, selected))
         except Exception as exc:
-            return gr.update(choices=kb_choices(), value=default_kb), files_table(default_kb), problem(exc)
-        shown = escape_markdown(name)
-        status = f"deleted **{shown}**" if deleted else f"there is no knowledge base named **{shown}**"
-        return gr.update(choices=kb_choices(), value=default_kb), files_table(default_kb), status
+            return gr.update(), gr.update(), problem(exc), *unchanged
+        name = escape_markdown(name)
+        status = f"deleted **{name}**" if deleted else f"there is no knowledge base named **{name}**"
+        return *shown[:2], status, *shown[2:]
 
-    def respond(message: str, history: list[dict], kb: str) -> Iterator[tuple[list[dict], str | dict]]:
+    def respond(
+        message: str, history: list[dict], kb: str, request: gr.Request
+    ) -> Iterator[tuple[list[dict], str | dict]]:
         message = (message or "").strip()
         if not message:
             yield history, ""
             return
         if len(message) > ui.max_question_chars:
-            refusal = KbError(
+            refusal = LimitExceededError(
                 f"the question is {len(message)} characters long; at most {ui.max_question_chars} are accepted",
                 "shorten it, or raise KB_UI__MAX_QUESTION_CHARS",
             )
@@ -205,7 +272,7 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         yield history, ""
         text = ""
         try:
-            for item in assistant.stream(message, kb=kb, history=past):
+            for item in acting(assistant, request).stream(message, kb=kb, history=past):
                 if isinstance(item, Answer):
                     shown = neutralise(item.text) + format_sources(item.citations, item.language)
                 else:
@@ -218,79 +285,70 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
             yield history, ""
 
     with gr.Blocks(title="kb — private knowledge base") as demo:
-        gr.Markdown(
-            "## kb · 私有知识库问答 — private knowledge base\nAnswers come only from your documents, "
-            "on this machine. 回答仅来自你上传的文档，全部在本机运行。"
-        )
         with gr.Row():
-            with gr.Column(scale=1, min_width=280):
-                kb = gr.Dropdown(
-                    choices=kb_choices(),
-                    value=default_kb,
-                    allow_custom_value=True,
-                    label="Knowledge base 知识库 (type a new name in any language to create one, e.g. 财务部)",
-                    elem_id="kb-picker",
-                )
-                upload = upload_box(file_count="multiple", label="Drop files 拖放文件", elem_id="upload")
-                gr.Markdown("Formats: " + " ".join(assistant.registry.suffixes), elem_classes="formats")
-                status = gr.Markdown(elem_id="ingest-status")
-                table = gr.Dataframe(
-                    headers=HEADERS,
-                    value=files_table(default_kb),
-                    interactive=False,
-                    label="Files 文件",
-                    elem_id="files",
-                )
-                delete = gr.Button("Delete this knowledge base 删除知识库", variant="stop", size="sm")
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(
-                    label="Chat",
-                    height="70vh",
-                    elem_id="chat",
-                    latex_delimiters=[],
-                    allow_tags=False,
-                    buttons=["copy", "copy_all"],
-                    feedback_options=None,
-                )
-                with gr.Row():
-                    question = gr.Textbox(
-                        placeholder="Ask in Chinese or English… 用中文或英文提问…",
-                        show_label=False,
-                        scale=5,
-                        elem_id="question",
-                        autofocus=True,
-                        max_length=ui.max_question_chars,
+            gr.Markdown(
+                "## kb · 私有知识库问答 — private knowledge base\nAnswers come only from your documents, "
+                "on this machine. 回答仅来自你上传的文档，全部在本机运行。"
+            )
+            who = gr.HTML(visible=False, elem_id="signed-in")
+        with gr.Tabs():
+            with gr.Tab("Chat 问答", elem_id="chat-tab"), gr.Row():
+                with gr.Column(scale=1, min_width=280):
+                    kb = gr.Dropdown(
+                        choices=[],
+                        value=None,
+                        allow_custom_value=True,
+                        label="Knowledge base 知识库 (type a new name in any language to create one, e.g. 财务部)",
+                        elem_id="kb-picker",
                     )
-                    send = gr.Button("Ask 提问", variant="primary", scale=1, elem_id="send")
+                    upload = upload_box(
+                        file_count="multiple", label="Drop files 拖放文件", elem_id="upload", visible=False
+                    )
+                    gr.Markdown("Formats: " + " ".join(assistant.registry.suffixes), elem_classes="formats")
+                    status = gr.Markdown(elem_id="ingest-status")
+                    table = gr.Dataframe(
+                        headers=HEADERS, value=[], interactive=False, label="Files 文件", elem_id="files"
+                    )
+                    delete = gr.Button(
+                        "Delete this knowledge base 删除知识库",
+                        variant="stop",
+                        size="sm",
+                        elem_id="delete",
+                        visible=False,
+                    )
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(
+                        label="Chat",
+                        height="70vh",
+                        elem_id="chat",
+                        latex_delimiters=[],
+                        allow_tags=False,
+                        buttons=["copy", "copy_all"],
+                        feedback_options=None,
+                    )
+                    with gr.Row():
+                        question = gr.Textbox(
+                            placeholder="Ask in Chinese or English… 用中文或英文提问…",
+                            show_label=False,
+                            scale=5,
+                            elem_id="question",
+                            autofocus=True,
+                            max_length=ui.max_question_chars,
+                        )
+                        send = gr.Button("Ask 提问", variant="primary", scale=1, elem_id="send")
+            admin = AdminScreen(assistant)
 
+        roles = [upload, delete, *admin.outputs]
+        unchanged = tuple(gr.update() for _ in roles)
+        hidden = (gr.update(visible=False), gr.update(visible=False), *admin.hidden())
         private = {"api_visibility": "private"}
-        upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb, upload], api_name="upload", **private)
-        kb.change(on_kb_change, inputs=kb, outputs=[table, status], api_name="kb_change", **private)
-        delete.click(on_delete, inputs=kb, outputs=[kb, table, status], api_name="delete", **private)
+        demo.load(on_load, outputs=[kb, table, status, who, *roles], api_name="load", **private)
+        upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb, *roles], api_name="upload", **private)
+        kb.change(on_kb_change, inputs=kb, outputs=[table, status, *roles], api_name="kb_change", **private)
+        delete.click(on_delete, inputs=kb, outputs=[kb, table, status, *roles], api_name="delete", **private)
         question.submit(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="ask", **private)
         send.click(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="send", **private)
     return demo
-
-
-class ContentSecurityPolicy:
-    """ASGI middleware adding :data:`CONTENT_SECURITY_POLICY` to every response: a second wall behind escaping."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_policy(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-                headers["Referrer-Policy"] = "no-referrer"
-            await send(message)
-
-        await self.app(scope, receive, send_with_policy)
 
 
 def prepare_uploads(settings: Settings) -> Path:
@@ -306,31 +364,3 @@ def prepare_uploads(settings: Settings) -> Path:
     uploads.chmod(0o700)
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)
     return uploads
-
-
-def launch(settings: Settings, block: bool = True) -> gr.Blocks:
-    """Start the app on ``settings.ui`` (127.0.0.1 by default); the model loads on the first question."""
-    assistant = Assistant(settings)
-    # The embedded store is one process's: writes from other processes are refused while this server runs.
-    assistant.hold_store(notice=lambda message: print(message, file=sys.stderr, flush=True))
-    uploads = prepare_uploads(settings)
-    demo = build_ui(assistant, uploads)
-    demo.queue(max_size=settings.ui.queue_size, default_concurrency_limit=settings.ui.concurrency, api_open=False)
-    demo.launch(
-        server_name=settings.ui.host,
-        server_port=settings.ui.port,
-        inbrowser=settings.ui.open_browser and block,
-        prevent_thread_lock=not block,
-        share=False,
-        show_error=False,
-        max_file_size=f"{settings.max_file_mb}mb",
-        enable_monitoring=False,
-        footer_links=[],
-        run_history=False,
-        mcp_server=False,
-        ssr_mode=False,
-        pwa=False,
-        app_kwargs={"middleware": [Middleware(ContentSecurityPolicy)]},
-        theme=gr.themes.Soft(),
-    )
-    return demo
