@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import math
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from kb_app.errors import KbError
@@ -23,54 +20,9 @@ from kb_app.models.factory import build_chat_model, resolve_gguf
 from kb_app.models.openai_compatible import OpenAICompatibleModel, estimate_tokens
 from kb_app.settings import LlmSettings, load_settings
 from tests.contracts import ChatModelContract
+from tests.servers import KEY, N_CTX, LlamaServer, free_port
 
 pytestmark = pytest.mark.slow
-
-KEY = "kb-test-key"
-N_CTX = 2048
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LlamaServer:
-    """``python -m llama_cpp.server`` as a child process."""
-
-    def __init__(self, gguf: Path, port: int, log: Path, *extra: str) -> None:
-        self.gguf, self.port, self.log, self.extra = gguf, port, log, extra
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self, timeout_s: float = 120) -> LlamaServer:
-        args = ["--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port)]
-        args += ["--n_ctx", str(N_CTX), "--n_threads", "2", "--api_key", KEY, "--verbose", "False", *self.extra]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args], stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(
-                    f"{self.base_url}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=2
-                ).is_success:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.kill()
-        pytest.fail(f"llama_cpp.server was not ready after {timeout_s} s:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
