@@ -35,6 +35,7 @@ from kb_app.access.store import AccessStore
 from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import build_evidence_check
+from kb_app.chat.turns import Turns, Waiting
 from kb_app.errors import KbError, KnowledgeBaseBusyError, KnowledgeBaseNotFoundError
 from kb_app.models.base import Capabilities, ChatModel, Message
 from kb_app.models.factory import backend_capabilities, build_chat_model, capabilities_of
@@ -57,6 +58,7 @@ class _Parts:
         self.model: ChatModel | None = model
         self.lock = threading.RLock()
         self.ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
+        self.turns = Turns(settings.llm.concurrent_answers)  # one line at the model for every caller
         if embedder is not None:
             self.__dict__["embedder"] = embedder
         if client is not None:
@@ -328,15 +330,24 @@ class Assistant:
 
     def stream(
         self, question: str, kb: str | None = None, history: list[Message] | None = None
-    ) -> Iterator[str | Answer]:
-        """Answer text as it is generated, then the :class:`Answer`; its citations hold passage text only for a
-        caller with ``read`` (``ask`` gets file, page and heading)."""
+    ) -> Iterator[str | Waiting | Answer]:
+        """:class:`Waiting` while the question waits its turn at the model, then the answer text as it is
+        generated, then the :class:`Answer`. Its citations hold passage text only for a caller with ``read``
+        (``ask`` gets file, page and heading)."""
         knowledge_base = self.knowledge_base(kb, create=False, need=Role.ASK)
         reads = self.policy.allows(self.user, knowledge_base.name, Role.READ)
-        for item in self._pipeline(knowledge_base, None).stream(question, history):
-            if isinstance(item, Answer) and not reads:
-                item = replace(item, citations=[replace(c, text="") for c in item.citations])
-            yield item
+        pipeline = self._pipeline(knowledge_base, None)
+        turns = self._parts.turns
+        ticket = turns.join()
+        try:
+            for ahead in turns.wait(ticket):
+                yield Waiting(ahead)
+            for item in pipeline.stream(question, history):
+                if isinstance(item, Answer) and not reads:
+                    item = replace(item, citations=[replace(c, text="") for c in item.citations])
+                yield item
+        finally:
+            turns.leave(ticket)
 
     def ask(self, question: str, kb: str | None = None, history: list[Message] | None = None) -> Answer:
         answer = None

@@ -180,7 +180,7 @@ def ask(
     for item in _assistant(_settings(ctx, kb=kb)).stream(question):
         if isinstance(item, Answer):
             answer = item
-        elif not as_json:
+        elif isinstance(item, str) and not as_json:
             typer.echo(item, nl=False)
     assert answer is not None
     if as_json:

@@ -128,6 +128,12 @@ class LlmSettings(BaseModel):
     """
 
     backend: Literal["llama_cpp", "transformers", "openai"] = "llama_cpp"
+    concurrent_answers: int = Field(
+        1,
+        ge=1,
+        description="Questions answered at once; the rest wait in arrival order and are told their place. One "
+        "in-process model answers one at a time; raise it for a model server that batches (vLLM).",
+    )
     gguf_path: Path | None = Field(None, description="A local GGUF file; replaces the bundled default model.")
     n_ctx: int = Field(
         4096, ge=0, description="Context window in tokens, capped by what the model supports; 0: the model's own."

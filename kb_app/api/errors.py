@@ -12,6 +12,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from kb_app.errors import (
     AuthenticationError,
@@ -52,6 +54,37 @@ def status_of(error: KbError) -> int:
     return 422
 
 
+# What each status means to a caller: the ``responses`` of every route's OpenAPI operation.
+MEANING = {
+    400: "The body could not be read as JSON.",
+    401: "No key or session, or a wrong, revoked or expired one (auth.enabled).",
+    403: "No grant, or too small a one, on that knowledge base; said the same way when it does not exist.",
+    404: "No such knowledge base (a caller who may not see it gets 403 instead).",
+    413: "Over a limit: question length, files per upload, file size, embedding inputs.",
+    422: "A request kb cannot take: a bad knowledge-base name, a malformed body, a file not in the knowledge base.",
+    503: "The store or the model is unavailable or busy right now; try again.",
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="What went wrong (the CLI's message).")
+    type: str = Field(description="kb's error family, e.g. PermissionDeniedError.")
+    hint: str = Field(description="What to do about it: the setting, environment variable or command.")
+    code: None = None
+    param: None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, with kb's hint beside the message."""
+
+    error: ErrorDetail
+
+
+def documented(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each with :class:`ErrorBody`."""
+    return {status: {"model": ErrorBody, "description": MEANING[status]} for status in statuses}
+
+
 def error_body(message: str, kind: str, hint: str = "") -> dict:
     return {"error": {"message": message, "type": kind, "hint": hint, "code": None, "param": None}}
 
@@ -77,8 +110,15 @@ async def _invalid(request: Request, error: RequestValidationError) -> JSONRespo
     return JSONResponse(error_body(f"the request is not valid: {problems}", "RequestValidationError"), 422)
 
 
+async def _http(request: Request, error: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no such route, a method it does not take) in the same shape as every other."""
+    body = error_body(str(error.detail), "HTTPError")
+    return JSONResponse(body, error.status_code, headers=error.headers)
+
+
 def install(app: FastAPI) -> None:
     """Every route of ``app`` answers errors through the table above."""
     app.add_exception_handler(KbError, _kb_error)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)

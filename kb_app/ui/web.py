@@ -28,6 +28,7 @@ from gradio.utils import NamedString
 from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
 from kb_app.chat.pipeline import Answer, Citation
+from kb_app.chat.turns import Waiting
 from kb_app.errors import AuthenticationError, KbError, LimitExceededError
 from kb_app.models.base import Message as ChatMessage
 from kb_app.settings import Settings
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEADERS = ["file", "chunks", "bytes"]
 SOURCES_RULE = "\n\n---\n"  # separates an answer from its sources in the chat
+WAITING = "⏳ {n} question(s) ahead of yours; the answer starts when the model is free. 前面还有 {n} 个问题，请稍候。"
 GENERIC_ERROR = "⚠️ Something went wrong on the server; the details are in its log. 服务器出错，详情见日志。"
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark CommonMark can escape
@@ -273,7 +275,9 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         text = ""
         try:
             for item in acting(assistant, request).stream(message, kb=kb, history=past):
-                if isinstance(item, Answer):
+                if isinstance(item, Waiting):
+                    shown = WAITING.format(n=item.ahead)
+                elif isinstance(item, Answer):
                     shown = neutralise(item.text) + format_sources(item.citations, item.language)
                 else:
                     text += item
@@ -346,8 +350,11 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb, *roles], api_name="upload", **private)
         kb.change(on_kb_change, inputs=kb, outputs=[table, status, *roles], api_name="kb_change", **private)
         delete.click(on_delete, inputs=kb, outputs=[kb, table, status, *roles], api_name="delete", **private)
-        question.submit(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="ask", **private)
-        send.click(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="send", **private)
+        # Every question on the page joins the Assistant's one line at the model at once (it shows the place):
+        # held back in Gradio's queue by ui.concurrency, page users would wait behind every API caller.
+        asking = {**private, "concurrency_limit": ui.queue_size, "concurrency_id": "ask"}
+        question.submit(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="ask", **asking)
+        send.click(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="send", **asking)
     return demo
 
 
