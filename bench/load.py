@@ -12,7 +12,8 @@ no session starts a question after the time is up, and each finishes the one it 
 ``--files`` generated .md/.txt files goes through ``POST /api/kb/{name}/documents``.
 
 Time to first token: for ``/v1`` the first chunk with text; on the page the second update of the chat (the first
-only shows the question). Queue position: the ``rank`` Gradio tells a waiting page user (0 = next). Afterwards
+only shows the question; kb's waiting notice is not counted). Queue position: the ``rank`` Gradio tells a waiting
+page user (0 = next), and the place in kb's own line at the model shown in the chat (questions ahead). Afterwards
 every uploaded file must be listed exactly once by ``GET /api/kb/{name}/documents``.
 Exits 1 when any request failed or a file is missing or listed twice.
 """
@@ -24,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +40,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 KB = "bench"
+WAITING_PLACE = re.compile(r"(\d+) question\(s\) ahead of yours")  # kb_app.ui.web.WAITING, as the chat shows it
 USER, PASSWORD = "lead", "bench-password-1"
 PROJECTS = ["Aurora", "Basalt", "Cobalt", "Dune", "Ember", "Fjord", "Granite", "Harbor", "Iris", "Juniper"]
 PEOPLE = ["Li Wei", "Zhang Min", "Wang Fang", "Chen Jie", "Liu Yang", "Maria Lopez", "Tom Baker", "Anna Schmidt"]
@@ -180,6 +183,8 @@ async def page_ask(client: httpx.AsyncClient, fn_index: int, question: str) -> A
                 kind = message.get("msg")
                 if kind == "estimation" and message.get("rank") is not None:
                     ask.ranks.append(int(message["rank"]))
+                elif kind == "process_generating" and (place := WAITING_PLACE.search(line)):
+                    ask.ranks.append(int(place.group(1)))  # kb's own line at the model, shown in the chat
                 elif kind == "process_generating":
                     updates += 1
                     if updates == 2:

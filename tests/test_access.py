@@ -157,9 +157,8 @@ def test_ask_may_ask_and_list_files_but_not_read_passages(house: Assistant, plan
     assert asker.list_knowledge_bases() == ["hr"]
     assert asker.role("hr") is Role.ASK
     assert {r.source for r in asker.files("hr")} == {"leave.md", "memo.pdf"}
-    asker.pipeline("hr")
     calls = verbs(planted)
-    for verb in ("search", "retriever", "ingest", "remove_file", "delete_knowledge_base"):
+    for verb in ("search", "retriever", "pipeline", "ingest", "remove_file", "delete_knowledge_base"):
         with pytest.raises(PermissionDeniedError, match="'ask' grant on 'hr' does not allow this"):
             calls[verb](asker, "hr")
     with pytest.raises(PermissionDeniedError):
