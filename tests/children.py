@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,20 @@ class ChildProcess:
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
         pytest.fail(f"no {prefix!r} from the child within {timeout} s: {self.lines}")
+
+
+class ScriptChild(ChildProcess):
+    """The test file itself run as a script with keyword arguments as one JSON argument; it answers in JSON lines
+    (``PREFIX {...}``)."""
+
+    def __init__(self, script: str, **args: object) -> None:
+        super().__init__(script, json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in args.items()}))
+
+    def json(self, prefix: str, timeout: float = 120.0):
+        return json.loads(self.wait_for(prefix + " ", timeout))
+
+    def end(self) -> None:
+        self.proc.wait(60)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()

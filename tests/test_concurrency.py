@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.children import ChildProcess
+from tests.children import ScriptChild
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a child script
@@ -172,18 +172,9 @@ def child_main(args: dict) -> None:
 # --- the test side ------------------------------------------------------------------------------------------------
 
 
-class Child(ChildProcess):
+class Child(ScriptChild):
     def __init__(self, **args) -> None:
-        super().__init__(__file__, json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in args.items()}))
-
-    def json(self, prefix: str, timeout: float = 120.0):
-        return json.loads(self.wait_for(prefix + " ", timeout))
-
-    def end(self) -> None:
-        self.proc.wait(60)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        super().__init__(__file__, **args)
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

@@ -26,7 +26,7 @@ from kb_app.assistant import Assistant  # noqa: E402
 from kb_app.models.factory import resolve_gguf  # noqa: E402
 from kb_app.models.openai_compatible import OpenAICompatibleModel  # noqa: E402
 from kb_app.settings import LlmSettings, load_settings  # noqa: E402
-from tests.children import ChildProcess  # noqa: E402
+from tests.children import ScriptChild  # noqa: E402
 from tests.servers import KEY, N_CTX, ChromaServer, LlamaServer, free_port  # noqa: E402
 from tests.test_concurrency import _state, assert_all_findable, make_notes  # noqa: E402
 
@@ -148,18 +148,12 @@ def test_the_vectors_live_on_the_chroma_server(assistant: Assistant, overrides: 
     assert client.get_collection(kb_id(assistant.settings.kb)).count() == chunks
 
 
-class Writer(ChildProcess):
+class Writer(ScriptChild):
     def __init__(self, **args: object) -> None:
-        super().__init__(__file__, json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in args.items()}))
+        super().__init__(__file__, **args)
 
     def json(self, prefix: str, timeout: float = 300.0):
-        return json.loads(self.wait_for(prefix + " ", timeout))
-
-    def end(self) -> None:
-        self.proc.wait(60)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        return super().json(prefix, timeout)
 
 
 def test_two_processes_write_to_one_chroma_server(tmp_path: Path, overrides: dict) -> None:
