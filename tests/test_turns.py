@@ -57,3 +57,46 @@ def test_two_slots_admit_two() -> None:
     a, b, c = turns.join(), turns.join(), turns.join()
     assert list(turns.wait(a)) == [] and list(turns.wait(b)) == []
     assert next(turns.wait(c)) == 1
+
+
+def test_a_page_user_waiting_for_the_model_is_told_their_place(tmp_path, monkeypatch) -> None:
+    """Through the page's own queue routes: while another question holds the model, the chat says how many go first;
+    once it is free, the answer comes (the real default model)."""
+    import json
+    import uuid
+
+    from kb_app.assistant import Assistant
+    from kb_app.settings import load_settings
+    from tests.page_server import PageClient, serving
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    settings = load_settings(home=tmp_path / "kb_home", **{"ui.open_browser": False})
+    assistant = Assistant(settings)
+    document = tmp_path / "leave.md"
+    document.write_text("# Leave\n\nEvery employee gets 15 days of paid annual leave.\n", encoding="utf-8")
+    assistant.ingest([document])
+    turns = assistant._parts.turns
+    holder = turns.join()
+    assert list(turns.wait(holder)) == []  # someone else's question holds the model
+    fallback = threading.Timer(60, turns.leave, args=(holder,))  # never told: the test still ends, and fails
+    fallback.start()
+    with serving(settings, assistant) as url:
+        page = PageClient(url)
+        session = uuid.uuid4().hex
+        body = {"data": ["How many days of annual leave?", [], settings.kb], "fn_index": page.events["ask"]}
+        joined = page.http.post("/gradio_api/queue/join", json={**body, "session_hash": session, "trigger_id": None})
+        assert joined.status_code == 200, joined.text
+        told, result = False, None
+        with page.http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
+            for line in stream.iter_lines():
+                message = json.loads(line[5:]) if line.startswith("data:") else {}
+                if message.get("msg") == "process_generating" and "1 question(s) ahead of yours" in line:
+                    told = True
+                    turns.leave(holder)  # the other answer is done
+                elif message.get("msg") == "process_completed":
+                    result = message
+                    break
+    fallback.cancel()
+    assert told, "the waiting page user was not told their place"
+    assert result is not None and result["success"]
+    assert "15" in json.dumps(result["output"]["data"], ensure_ascii=False)

@@ -282,6 +282,8 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
                 else:
                     text += item
                     shown = neutralise(text)
+                if shown == history[-1]["content"]:  # a repeated waiting notice: Gradio keeps the page alive itself
+                    continue
                 history[-1] = {"role": "assistant", "content": shown}
                 yield history, ""
         except Exception as exc:
