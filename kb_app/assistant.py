@@ -32,6 +32,7 @@ from kb_app.access.accounts import Accounts
 from kb_app.access.policy import Policy
 from kb_app.access.roles import OWNER, Role, User
 from kb_app.access.store import AccessStore
+from kb_app.chat.conversations import Conversations, ConversationStore
 from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import build_evidence_check
@@ -85,6 +86,10 @@ class _Parts:
     @cached_property
     def access(self) -> AccessStore:
         return AccessStore(self.settings.access_db, self.settings.auth.session_hours)
+
+    @cached_property
+    def conversations(self) -> ConversationStore:
+        return ConversationStore(self.settings.conversations_db)
 
 
 class Assistant:
@@ -140,6 +145,11 @@ class Assistant:
         """Users, grants and keys, as far as :attr:`user` may change them. The catalog (and with it the Chroma
         client) is opened only when a grant needs to know its knowledge base exists."""
         return Accounts(self._parts.access, self.policy, self.user, lambda kb: self.catalog.exists(kb))
+
+    @property
+    def conversations(self) -> Conversations:
+        """:attr:`user`'s kept conversations (only theirs)."""
+        return Conversations(self._parts.conversations, self.user.name)
 
     def model(self) -> ChatModel:
         with self._parts.lock:
@@ -348,6 +358,19 @@ class Assistant:
                 yield item
         finally:
             turns.leave(ticket)
+
+    def chat(self, question: str, conversation: str) -> Iterator[str | Waiting | Answer]:
+        """:meth:`stream` inside a kept conversation: its knowledge base, its past turns as history; the turn is
+        recorded once the answer is complete."""
+        conversations = self.conversations
+        kept = conversations.get(conversation)
+        answer = None
+        for item in self.stream(question, kb=kept.kb, history=conversations.history(kept.id)):
+            if isinstance(item, Answer):
+                answer = item
+            yield item
+        if answer is not None:
+            conversations.record(kept.id, question, answer)
 
     def ask(self, question: str, kb: str | None = None, history: list[Message] | None = None) -> Answer:
         answer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -171,25 +172,75 @@ def ask(
     ctx: typer.Context,
     question: Annotated[str, typer.Argument(help="A question in Chinese or English.")],
     kb: KbOption = None,
+    cont: Annotated[
+        bool, typer.Option("-c", "--continue", help="Continue your last conversation (its knowledge base).")
+    ] = False,
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", help="Continue this conversation (an id from `kb history`).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Answer QUESTION from the knowledge base with the local model, citing file and page."""
+    """Answer QUESTION from the knowledge base with the local model, citing file and page.
+
+    Every question is kept in a conversation (`kb history` lists them); -c asks a follow-up in the last one.
+    """
     from kb_app.chat.pipeline import Answer
 
+    settings = _settings(ctx, kb=kb)
+    assistant = _assistant(settings)
+    conversations = assistant.conversations
+    if conversation or cont:
+        kept = conversations.get(conversation) if conversation else conversations.last()
+    else:
+        kept = conversations.start(settings.kb)
     answer = None
-    for item in _assistant(_settings(ctx, kb=kb)).stream(question):
+    for item in assistant.chat(question, kept.id):
         if isinstance(item, Answer):
             answer = item
         elif isinstance(item, str) and not as_json:
             typer.echo(item, nl=False)
     assert answer is not None
     if as_json:
-        _emit(answer.to_dict())
+        _emit({**answer.to_dict(), "conversation": kept.id, "kb": kept.kb})
         return
     typer.echo("")
     for c in answer.citations:
         page = f", page {c.page}" if c.page else ""
         typer.secho(f"[{c.n}] {c.source}{page} (score {c.score})", dim=True)
+
+
+@app.command()
+def history(
+    ctx: typer.Context,
+    conversation: Annotated[str | None, typer.Argument(help="Show this conversation's turns.")] = None,
+    limit: Annotated[int, typer.Option("-n", help="How many conversations to list.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """List your conversations, the latest first, or show one of them with its sources."""
+    conversations = _assistant(_settings(ctx)).conversations
+    if conversation is None:
+        rows = [c.__dict__ for c in conversations.recent(limit)]
+        if as_json:
+            _emit(rows)
+            return
+        if not rows:
+            typer.echo("no conversations yet: `kb ask QUESTION` starts one")
+        for row in rows:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["updated"]))
+            typer.echo(f"{row['id']}\t{when}\t{row['kb']}\t{row['turns']} turns\t{row['title']}")
+        return
+    kept = conversations.get(conversation)
+    turns = conversations.turns(kept.id)
+    if as_json:
+        _emit({**kept.__dict__, "messages": [t.__dict__ for t in turns]})
+        return
+    typer.secho(f"{kept.title or kept.id}  ({kept.kb})", bold=True)
+    for turn in turns:
+        typer.secho(f"\n> {turn.question}", bold=True)
+        typer.echo(turn.answer)
+        for c in turn.citations:
+            page = f", page {c['page']}" if c["page"] else ""
+            typer.secho(f"[{c['n']}] {c['source']}{page}", dim=True)
 
 
 @app.command()

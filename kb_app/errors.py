@@ -8,6 +8,7 @@ The tree (a caller catches a family; ``kb_app.api.errors`` maps each family to o
     │   └── KnowledgeBaseBusyError    another process writes to it, or `kb serve` holds the embedded store
     ├── KnowledgeBaseNameError        a name with a path separator, '..', control characters, or too long
     ├── KnowledgeBaseNotFoundError    no knowledge base of that name
+    ├── ConversationNotFoundError     no conversation of that id among the caller's own
     ├── LimitExceededError            a request over a limit: too many files at once, a question too long
     ├── AccessError                   users, grants and keys (auth.enabled)
     │   ├── AuthenticationError       not signed in, a wrong password, an unknown, revoked or expired key or session
@@ -44,6 +45,7 @@ from ingest.errors import (
 __all__ = [
     "AccessError",
     "AuthenticationError",
+    "ConversationNotFoundError",
     "DocumentError",
     "DocumentReadError",
     "KbError",
@@ -67,6 +69,10 @@ __all__ = [
 
 class KnowledgeBaseNotFoundError(KbError):
     """The named knowledge base does not exist."""
+
+
+class ConversationNotFoundError(KbError):
+    """No conversation of that id belongs to the caller (another user's is reported the same way)."""
 
 
 class LimitExceededError(KbError):

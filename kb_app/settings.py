@@ -296,6 +296,11 @@ class Settings(BaseSettings):
         return self.home / "access.sqlite"
 
     @property
+    def conversations_db(self) -> Path:
+        """Every user's kept conversations: see ``kb_app.chat.conversations``."""
+        return self.home / "conversations.sqlite"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 

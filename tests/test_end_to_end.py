@@ -109,7 +109,7 @@ def test_cli_ask_json(assistant: Assistant, corpus: Path) -> None:
     result = CliRunner().invoke(app, ["--home", home, "ask", "--json", "What is LangChain?"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"answer", "citations"}
+    assert set(data) == {"answer", "citations", "conversation", "kb"}
     assert data["answer"]
     assert data["citations"] and set(data["citations"][0]) == {"n", "source", "page", "text", "score", "heading"}
     assert data["citations"][0]["source"] == "langchain.pdf"

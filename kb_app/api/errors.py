@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from kb_app.errors import (
     AuthenticationError,
+    ConversationNotFoundError,
     KbError,
     KnowledgeBaseBusyError,
     KnowledgeBaseNameError,
@@ -36,6 +37,7 @@ STATUS: dict[type[KbError], int] = {
     AuthenticationError: 401,
     PermissionDeniedError: 403,
     KnowledgeBaseNotFoundError: 404,
+    ConversationNotFoundError: 404,
     UnknownUserError: 404,
     LimitExceededError: 413,
     KnowledgeBaseNameError: 422,
