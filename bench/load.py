@@ -170,7 +170,7 @@ async def api_ask(client: httpx.AsyncClient, question: str) -> Ask:
 async def page_ask(client: httpx.AsyncClient, fn_index: int, question: str) -> Ask:
     ask = Ask("page", time.perf_counter())
     session = uuid.uuid4().hex
-    body = {"data": [question, [], KB], "fn_index": fn_index, "session_hash": session, "trigger_id": None}
+    body = {"data": [question, [], KB, None], "fn_index": fn_index, "session_hash": session, "trigger_id": None}
     try:
         joined = await client.post("/gradio_api/queue/join", json=body)
         if joined.status_code != 200:

@@ -102,3 +102,30 @@ def test_kb_ask_c_continues_the_last_conversation_and_kb_history_shows_it(tmp_pa
         runner.invoke(app, ["--home", str(home), "ask", "--kb", "hr", "--json", "Who gets leave?"]).output
     )
     assert fresh["conversation"] != first["conversation"]
+
+
+@pytest.mark.slow
+def test_the_page_reopens_the_last_conversation_after_a_reload(tmp_path: Path, monkeypatch) -> None:
+    """Through the page's own routes, with the real default model: an answered question is kept, and a new page
+    load (a reload) shows it again with its sources; the knowledge base it was asked in is selected."""
+    from kb_app.assistant import Assistant
+    from kb_app.settings import load_settings
+    from tests.page_server import PageClient, last_message, serving
+
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    settings = load_settings(home=tmp_path / "kb_home", **{"ui.open_browser": False})
+    assistant = Assistant(settings)
+    doc = tmp_path / "leave.md"
+    doc.write_text("# Annual leave\n\nEvery employee gets 15 days of paid annual leave.\n", encoding="utf-8")
+    assistant.ingest([doc], kb="hr")
+    assistant.ingest([doc], kb="other")
+    with serving(settings, assistant) as url:
+        page = PageClient(url)
+        chat = page.call("ask", "How many days of annual leave?", [], "hr", None)[0]
+        assert "15" in last_message(chat)
+        picker, *_, reopened, _kept = page.call("load")[:6]
+    assert picker["value"] == "hr"
+    assert [m["role"] for m in reopened] == ["user", "assistant"]
+    assert last_message(reopened[:1]).startswith("How many days") and "leave\\.md" in last_message(reopened)
+    kept = assistant.conversations.recent()
+    assert len(kept) == 1 and kept[0].kb == "hr" and kept[0].turns == 1

@@ -83,7 +83,7 @@ def test_a_page_user_waiting_for_the_model_is_told_their_place(tmp_path, monkeyp
     with serving(settings, assistant) as url:
         page = PageClient(url)
         session = uuid.uuid4().hex
-        body = {"data": ["How many days of annual leave?", [], settings.kb], "fn_index": page.events["ask"]}
+        body = {"data": ["How many days of annual leave?", [], settings.kb, None], "fn_index": page.events["ask"]}
         joined = page.http.post("/gradio_api/queue/join", json={**body, "session_hash": session, "trigger_id": None})
         assert joined.status_code == 200, joined.text
         told, result = False, None

@@ -66,13 +66,13 @@ def leaks(outputs: object) -> bool:
 
 def test_bob_naming_hr_in_crafted_requests_gets_an_error_and_nothing_of_it(house: House) -> None:
     bob = house.visitor("bob")
-    chat = bob.call("ask", QUESTION, [], "hr")[0]
+    chat = bob.call("ask", QUESTION, [], "hr", None)[0]
     assert last_message(chat).startswith("⚠️") and "no grant" in last_message(chat)
     table, status, *_ = bob.call("kb_change", "hr")
     assert table["data"] == [] and "no knowledge base named" in status
     assert "no grant" in bob.status_of_upload([DOCUMENT], "hr")
     assert "no grant" in bob.call("delete", "hr")[2]
-    by_name = bob.call_by_name("send", QUESTION, [], "hr")[0]
+    by_name = bob.call_by_name("send", QUESTION, [], "hr", None)[0]
     assert last_message(by_name).startswith("⚠️") and "no grant" in last_message(by_name)
     assert bob.call_by_name("kb_change", "hr")[0]["data"] == []
     for outputs in (chat, table, status, by_name):
@@ -81,12 +81,12 @@ def test_bob_naming_hr_in_crafted_requests_gets_an_error_and_nothing_of_it(house
 
 
 def test_each_visitor_is_shown_only_the_knowledge_bases_they_hold_a_grant_on(house: House) -> None:
-    choices, table, status, who, upload, delete, admin_tab, *_ = house.visitor("bob").call("load")
+    choices, table, status, who, _chat, _kept, upload, delete, admin_tab, *_ = house.visitor("bob").call("load")
     assert "hr" not in {choice[0] for choice in choices["choices"]} and choices["value"] is None
     assert table["data"] == [] and not leaks([choices, table, status])
     assert "bob" in who["value"] and 'action="/logout"' in who["value"]
     assert upload["visible"] and not delete["visible"] and not admin_tab["visible"]
-    choices, table, _, _, upload, delete, admin_tab, *_ = house.visitor("alice").call("load")
+    choices, table, _, _, _chat, _kept, upload, delete, admin_tab, *_ = house.visitor("alice").call("load")
     assert choices["value"] == "hr" and table["data"][0][0] == DOCUMENT.name
     assert not upload["visible"] and not delete["visible"] and not admin_tab["visible"]  # read: no write, no admin
 
@@ -145,7 +145,7 @@ def test_a_page_mounted_without_sign_in_serves_nobody_when_auth_is_on(house: Hou
     app = gr.mount_gradio_app(FastAPI(), build_ui(house.assistant, tmp_path), path="/")
     with serving_app(app) as url:
         visitor = PageClient(url)
-        chat = visitor.call("ask", QUESTION, [], "hr")[0]
+        chat = visitor.call("ask", QUESTION, [], "hr", None)[0]
         table, status, *_ = visitor.call("kb_change", "hr")
         loaded = visitor.call("load")
     assert "sign in first" in last_message(chat) and "sign in first" in status and "sign in first" in loaded[2]

@@ -18,7 +18,7 @@ from markdown_it import MarkdownIt
 
 from kb_app.chat.pipeline import Citation
 from kb_app.settings import load_settings
-from kb_app.ui.web import GENERIC_ERROR, escape_markdown, format_sources, neutralise, unneutralise
+from kb_app.ui.web import GENERIC_ERROR, escape_markdown, format_sources, neutralise
 from tests.conftest import FIXTURES
 from tests.page_server import PageClient, last_message, serving
 
@@ -72,7 +72,7 @@ def test_hostile_names_from_the_page_touch_nothing_outside_kb_home(open_page, tm
 
 def test_a_hostile_name_in_a_question_or_a_kb_change_is_shown_not_raised(open_page) -> None:
     page = open_page()
-    chat = page.call("ask", "What is the allowance?", [], "../../victim")[0]
+    chat = page.call("ask", "What is the allowance?", [], "../../victim", None)[0]
     assert last_message(chat).startswith("⚠️") and "path separator" in last_message(chat)
     table, status, *_ = page.call("kb_change", "/etc")
     assert table["data"] == [] and "path separator" in status
@@ -132,7 +132,7 @@ def test_a_too_long_question_is_refused_by_the_box_and_by_the_route(open_page) -
     page = open_page(**{"ui.max_question_chars": 40})
     box = next(c for c in page.config["components"] if c["props"].get("elem_id") == "question")
     assert box["props"]["max_length"] == 40
-    chat = page.call("ask", "why" * 15, [], "default")[0]
+    chat = page.call("ask", "why" * 15, [], "default", None)[0]
     assert "45 characters long; at most 40" in last_message(chat).replace("\\", "")
     assert all(m["role"] == "assistant" for m in chat)  # the long text is not echoed into the chat
 
@@ -163,7 +163,6 @@ def test_rendered_text_holds_no_image_and_no_raw_html(text: str) -> None:
     for rendered in (render(escape_markdown(text)), render(neutralise(text))):
         assert "<img" not in rendered and "<iframe" not in rendered and "<style" not in rendered, rendered
     assert "<a " not in render(escape_markdown(text))
-    assert unneutralise(neutralise(text)) == text
 
 
 def test_sources_for_an_ask_caller_name_files_without_an_empty_quote() -> None:

@@ -27,10 +27,11 @@ from gradio.utils import NamedString
 
 from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
+from kb_app.chat.conversations import Conversation
 from kb_app.chat.pipeline import Answer, Citation
 from kb_app.chat.turns import Waiting
-from kb_app.errors import AuthenticationError, KbError, LimitExceededError
-from kb_app.models.base import Message as ChatMessage
+from kb_app.errors import AuthenticationError, ConversationNotFoundError, KbError, LimitExceededError
+from kb_app.language import detect_language
 from kb_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ GENERIC_ERROR = "⚠️ Something went wrong on the server; the details are in i
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark CommonMark can escape
 _ANSWER_SPECIALS = re.compile(r"\\|<|(?<=!)\[")  # backslash, raw HTML, the bracket that makes ![..] an image
-_ANSWER_ESCAPE = re.compile(r"\\([\\<\[])")
 
 
 def escape_markdown(text: str) -> str:
@@ -53,11 +53,6 @@ def escape_markdown(text: str) -> str:
 def neutralise(text: str) -> str:
     """The model's (or the user's) Markdown without images or raw HTML; lists, emphasis and links stay."""
     return _ANSWER_SPECIALS.sub(lambda m: "\\" + m.group(0), text)
-
-
-def unneutralise(text: str) -> str:
-    """Undo :func:`neutralise`, so past turns reach the model as they were written."""
-    return _ANSWER_ESCAPE.sub(r"\1", text)
 
 
 def problem(exc: BaseException) -> str:
@@ -83,18 +78,6 @@ def format_sources(citations: list[Citation], language: str) -> str:
         passage = f"\n{quoted}\n" if quoted else ""  # an ``ask`` caller gets no passage text: no empty quote either
         lines.append(f"**\\[{c.n}\\] {escape_markdown(c.source)}**{page} · score {c.score:.3f}\n{passage}")
     return "\n".join(lines)
-
-
-def conversation(history: list[dict]) -> list[ChatMessage]:
-    """Past turns as plain messages for condensing a follow-up: the sources shown under answers are left out."""
-    turns: list[ChatMessage] = []
-    for message in history:
-        content = message.get("content")
-        if isinstance(content, list):  # Gradio may hand back structured content: keep its text parts
-            content = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-        if message.get("role") in ("user", "assistant") and isinstance(content, str) and content.strip():
-            turns.append({"role": message["role"], "content": unneutralise(content.split(SOURCES_RULE)[0].strip())})
-    return turns
 
 
 def discard_uploads(paths: list[Path], uploads: Path) -> None:
@@ -179,6 +162,27 @@ def signed_in(me: Assistant) -> dict:
     return gr.update(value=form, visible=True)
 
 
+def shown_answer(answer: Answer) -> str:
+    return neutralise(answer.text) + format_sources(answer.citations, answer.language)
+
+
+def reopened(me: Assistant) -> tuple[Conversation | None, list[dict]]:
+    """The visitor's last conversation and its turns as the chat shows them, so a reload continues where they were."""
+    try:
+        kept = me.conversations.last()
+    except ConversationNotFoundError:
+        return None, []
+    chat: list[dict] = []
+    for turn in me.conversations.turns(kept.id):
+        citations = [Citation(**c) for c in turn.citations]
+        answer = Answer(turn.answer, detect_language(turn.question), citations, turn.refused)
+        chat += [
+            {"role": "user", "content": neutralise(turn.question)},
+            {"role": "assistant", "content": shown_answer(answer)},
+        ]
+    return kept, chat
+
+
 def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
     """The page over ``assistant``; files dropped on it arrive in ``uploads`` and are deleted once ingested.
 
@@ -209,10 +213,14 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         try:
             me = acting(assistant, request)
             choices, selected = knowledge_bases(me)
+            kept, chat = reopened(me)
+            if kept is not None and kept.kb in choices:
+                selected = kept.kb
             shown = files_table(me, selected), files_note(me, selected), signed_in(me)
-            return gr.update(choices=choices, value=selected), *shown, *view(me, selected)
+            reopen = (chat, kept.id) if kept is not None else ([], None)
+            return gr.update(choices=choices, value=selected), *shown, *reopen, *view(me, selected)
         except Exception as exc:
-            return gr.update(), [], problem(exc), gr.update(), *hidden
+            return gr.update(), [], problem(exc), gr.update(), gr.update(), None, *hidden
 
     def on_upload(
         files: list[str] | None,
@@ -256,39 +264,43 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
         return *shown[:2], status, *shown[2:]
 
     def respond(
-        message: str, history: list[dict], kb: str, request: gr.Request
-    ) -> Iterator[tuple[list[dict], str | dict]]:
+        message: str, history: list[dict], kb: str, kept: str | None, request: gr.Request
+    ) -> Iterator[tuple[list[dict], str | dict, str | None]]:
+        """Answer within the visitor's kept conversation (a new one when there is none or the knowledge base
+        changed); the model gets the kept turns as history, not the page's rendering of them."""
         message = (message or "").strip()
         if not message:
-            yield history, ""
+            yield history, "", kept
             return
         if len(message) > ui.max_question_chars:
             refusal = LimitExceededError(
                 f"the question is {len(message)} characters long; at most {ui.max_question_chars} are accepted",
                 "shorten it, or raise KB_UI__MAX_QUESTION_CHARS",
             )
-            yield [*history, {"role": "assistant", "content": problem(refusal)}], gr.update()
+            yield [*history, {"role": "assistant", "content": problem(refusal)}], gr.update(), kept
             return
-        past = conversation(history)
         history = [*history, {"role": "user", "content": neutralise(message)}, {"role": "assistant", "content": ""}]
-        yield history, ""
+        yield history, "", kept
         text = ""
         try:
-            for item in acting(assistant, request).stream(message, kb=kb, history=past):
+            me = acting(assistant, request)
+            if kept is None or me.conversations.get(kept).kb != kb:
+                kept = me.conversations.start(kb or default_kb).id
+            for item in me.chat(message, kept):
                 if isinstance(item, Waiting):
                     shown = WAITING.format(n=item.ahead)
                 elif isinstance(item, Answer):
-                    shown = neutralise(item.text) + format_sources(item.citations, item.language)
+                    shown = shown_answer(item)
                 else:
                     text += item
                     shown = neutralise(text)
                 if shown == history[-1]["content"]:  # a repeated waiting notice: Gradio keeps the page alive itself
                     continue
                 history[-1] = {"role": "assistant", "content": shown}
-                yield history, ""
+                yield history, "", kept
         except Exception as exc:
             history[-1] = {"role": "assistant", "content": problem(exc)}
-            yield history, ""
+            yield history, "", kept
 
     with gr.Blocks(title="kb — private knowledge base") as demo:
         with gr.Row():
@@ -342,21 +354,25 @@ def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
                             max_length=ui.max_question_chars,
                         )
                         send = gr.Button("Ask 提问", variant="primary", scale=1, elem_id="send")
+                    new_chat = gr.Button("New conversation 新对话", size="sm", elem_id="new-conversation")
+                    kept = gr.State(None)  # the kept conversation this tab continues
             admin = AdminScreen(assistant)
 
         roles = [upload, delete, *admin.outputs]
         unchanged = tuple(gr.update() for _ in roles)
         hidden = (gr.update(visible=False), gr.update(visible=False), *admin.hidden())
         private = {"api_visibility": "private"}
-        demo.load(on_load, outputs=[kb, table, status, who, *roles], api_name="load", **private)
+        demo.load(on_load, outputs=[kb, table, status, who, chatbot, kept, *roles], api_name="load", **private)
+        new_chat.click(lambda: ([], None), outputs=[chatbot, kept], api_name="new_conversation", **private)
         upload.upload(on_upload, inputs=[upload, kb], outputs=[status, table, kb, *roles], api_name="upload", **private)
         kb.change(on_kb_change, inputs=kb, outputs=[table, status, *roles], api_name="kb_change", **private)
         delete.click(on_delete, inputs=kb, outputs=[kb, table, status, *roles], api_name="delete", **private)
         # Every question on the page joins the Assistant's one line at the model at once (it shows the place):
         # held back in Gradio's queue by ui.concurrency, page users would wait behind every API caller.
         asking = {**private, "concurrency_limit": ui.queue_size, "concurrency_id": "ask"}
-        question.submit(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="ask", **asking)
-        send.click(respond, inputs=[question, chatbot, kb], outputs=[chatbot, question], api_name="send", **asking)
+        chat_io = {"inputs": [question, chatbot, kb, kept], "outputs": [chatbot, question, kept]}
+        question.submit(respond, **chat_io, api_name="ask", **asking)
+        send.click(respond, **chat_io, api_name="send", **asking)
     return demo
 
 
