@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -38,8 +39,8 @@ class Catalog:
         directory = self.directory(name)
         directory.mkdir(parents=True, exist_ok=True)
         meta = directory / META_FILE
-        if not meta.is_file():
-            tmp = directory / f".{META_FILE}.tmp"
+        if not meta.is_file():  # several writers may create it at once: each renames its own copy into place
+            tmp = directory / f".{META_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
             tmp.write_text(json.dumps({"name": name}, ensure_ascii=False), encoding="utf-8")
             tmp.replace(meta)
         return directory

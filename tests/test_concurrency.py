@@ -457,3 +457,29 @@ def test_jieba_never_reads_a_cache_another_user_could_plant(tmp_path: Path) -> N
 
 if __name__ == "__main__":
     child_main(json.loads(sys.argv[1]))
+
+
+def test_many_creating_one_knowledge_base_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two writers on one Chroma server may both be first to create a knowledge base (seen in CI: they shared one
+    temporary file name and the second rename found it gone)."""
+    from ingest.catalog import Catalog
+
+    failures: list[BaseException] = []
+    for round_ in range(40):
+        catalog = Catalog(tmp_path / f"kbs{round_}", client=None)
+        start = threading.Barrier(6)
+
+        def create(catalog: Catalog = catalog, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                catalog.create("notes")
+            except OSError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert catalog.names() == ["notes"]
+    assert failures == []
