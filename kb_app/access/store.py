@@ -11,8 +11,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from kb_app.access.roles import Role, User, check_user_name
 from kb_app.errors import AccessError, AuthenticationError, UnknownUserError
+from kb_app.private_db import PrivateDb
 
 KEY_PREFIX = "kb-"
 _SCHEMA = """
@@ -72,22 +72,14 @@ class AccessStore:
         self.path = path
         self.session_s = session_hours * 3600
         self._hasher = PasswordHasher()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        self._file = PrivateDb(path, _SCHEMA)
 
     @cached_property
     def _dummy_hash(self) -> str:
         return self._hasher.hash(secrets.token_hex(8))
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.execute("PRAGMA foreign_keys = ON")
-            with db:
-                yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.connect()
 
     # -- users -----------------------------------------------------------------------------------------------
 

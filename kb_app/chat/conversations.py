@@ -12,14 +12,14 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kb_app.chat.pipeline import Answer
 from kb_app.errors import ConversationNotFoundError
 from kb_app.models.base import Message
+from kb_app.private_db import PrivateDb
 
 TITLE_CHARS = 60
 _SCHEMA = """
@@ -58,18 +58,10 @@ class ConversationStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        self._file = PrivateDb(path, _SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
-            db.execute("PRAGMA foreign_keys = ON")
-            with db:
-                yield db
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.connect()
 
     def start(self, user: str, kb: str, title: str = "") -> Conversation:
         now = time.time()
