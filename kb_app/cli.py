@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -219,20 +219,17 @@ def history(
     """List your conversations, the latest first, or show one of them with its sources."""
     conversations = _assistant(_settings(ctx)).conversations
     if conversation is None:
-        rows = [c.__dict__ for c in conversations.recent(limit)]
-        if as_json:
-            _emit(rows)
-            return
-        if not rows:
-            typer.echo("no conversations yet: `kb ask QUESTION` starts one")
-        for row in rows:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["updated"]))
-            typer.echo(f"{row['id']}\t{when}\t{row['kb']}\t{row['turns']} turns\t{row['title']}")
+        _listing(
+            [_conversation_row(c) for c in conversations.recent(limit)],
+            as_json,
+            "no conversations yet: `kb ask QUESTION` starts one",
+            lambda row: f"{row['id']}\t{row['updated']}\t{row['kb']}\t{row['turns']} turns\t{row['title']}",
+        )
         return
     kept = conversations.get(conversation)
     turns = conversations.turns(kept.id)
     if as_json:
-        _emit({**kept.__dict__, "messages": [t.__dict__ for t in turns]})
+        _emit({**_conversation_row(kept), "messages": [t.__dict__ for t in turns]})
         return
     typer.secho(f"{kept.title or kept.id}  ({kept.kb})", bold=True)
     for turn in turns:
@@ -443,6 +440,21 @@ def _when(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
 
 
+def _listing(rows: list[dict[str, Any]], as_json: bool, empty: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """A list command's output: the rows as JSON for scripts, else one line a row, or how to make the first."""
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo(empty)
+    for row in rows:
+        typer.echo(line(row))
+
+
+def _conversation_row(kept) -> dict[str, Any]:
+    return {**kept.__dict__, "created": _when(kept.created), "updated": _when(kept.updated)}
+
+
 def _user_row(record) -> dict[str, Any]:
     return {"name": record.name, "admin": record.admin, "created": _when(record.created)}
 
@@ -486,14 +498,12 @@ def users_add(
 @users_app.command("list")
 def users_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List the users (never their passwords)."""
-    rows = [_user_row(record) for record in _accounts(ctx).users()]
-    if as_json:
-        _emit(rows)
-        return
-    if not rows:
-        typer.echo("no users yet: `kb users add NAME` adds one")
-    for row in rows:
-        typer.echo(f"{row['name']}\t{'admin' if row['admin'] else 'user'}\tadded {row['created']}")
+    _listing(
+        [_user_row(record) for record in _accounts(ctx).users()],
+        as_json,
+        "no users yet: `kb users add NAME` adds one",
+        lambda row: f"{row['name']}\t{'admin' if row['admin'] else 'user'}\tadded {row['created']}",
+    )
 
 
 @users_app.command("remove")
@@ -558,14 +568,12 @@ def revoke(
 @app.command()
 def grants(ctx: typer.Context, kb: KbOption = None, as_json: JsonOption = False) -> None:
     """List who holds which role on which knowledge base (admins, who hold every role, are not listed)."""
-    rows = [_grant_row(g) for g in _accounts(ctx).grants(kb)]
-    if as_json:
-        _emit(rows)
-        return
-    if not rows:
-        typer.echo("no grants yet: `kb grant NAME KB ROLE` gives one")
-    for row in rows:
-        typer.echo(f"{row['kb']}\t{row['user']}\t{row['role']}")
+    _listing(
+        [_grant_row(g) for g in _accounts(ctx).grants(kb)],
+        as_json,
+        "no grants yet: `kb grant NAME KB ROLE` gives one",
+        lambda row: f"{row['kb']}\t{row['user']}\t{row['role']}",
+    )
 
 
 @keys_app.command("create")
@@ -591,15 +599,15 @@ def keys_list(
     as_json: JsonOption = False,
 ) -> None:
     """List API keys by id, user and label (never the keys themselves)."""
-    rows = [_key_row(record) for record in _accounts(ctx).keys(name)]
-    if as_json:
-        _emit(rows)
-        return
-    if not rows:
-        typer.echo("no API keys: `kb keys create NAME` creates one")
-    for row in rows:
-        used = f"last used {row['last_used']}" if row["last_used"] else "never used"
-        typer.echo(f"{row['id']}\t{row['user']}\t{row['label'] or '-'}\tcreated {row['created']}\t{used}")
+    _listing(
+        [_key_row(record) for record in _accounts(ctx).keys(name)],
+        as_json,
+        "no API keys: `kb keys create NAME` creates one",
+        lambda row: (
+            f"{row['id']}\t{row['user']}\t{row['label'] or '-'}\tcreated {row['created']}\t"
+            + (f"last used {row['last_used']}" if row["last_used"] else "never used")
+        ),
+    )
 
 
 @keys_app.command("revoke")

@@ -168,9 +168,3 @@ class Conversations:
 
     def record(self, conversation_id: str, question: str, answer: Answer) -> None:
         self._store.record(self._user, conversation_id, question, answer)
-
-    def rename(self, conversation_id: str, title: str) -> None:
-        self._store.rename(self._user, conversation_id, title)
-
-    def delete(self, conversation_id: str) -> None:
-        self._store.delete(self._user, conversation_id)
