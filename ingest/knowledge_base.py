@@ -13,6 +13,7 @@ from ingest.errors import KnowledgeBaseBusyError, StoreError
 from ingest.lexical_store import Bm25Store
 from ingest.locks import StoreLock, WriterLock, no_notice
 from ingest.manifest import Manifest
+from ingest.originals import Originals
 from ingest.types import Chunk
 from ingest.vector_store import ChromaVectorStore
 
@@ -32,6 +33,7 @@ class KnowledgeBase:
     manifest: Manifest
     lock: WriterLock = field(repr=False, default=None)  # type: ignore[assignment]
     store: StoreLock | None = field(repr=False, default=None)  # the embedded store's lock; None with a server
+    originals: Originals = field(repr=False, default=None)  # type: ignore[assignment]  # copies of the files
     closed: bool = False
 
     @classmethod
@@ -46,6 +48,7 @@ class KnowledgeBase:
             manifest=Manifest(directory / "manifest.sqlite"),
             lock=WriterLock(directory, name),
             store=embedded_store_lock(client),
+            originals=Originals(directory / "originals"),
         )
         with contextlib.suppress(KnowledgeBaseBusyError), kb._store_shared():
             kb.lock.run_if_free(kb.recover)

@@ -354,7 +354,8 @@ class Assistant:
                 yield Waiting(ahead)
             for item in pipeline.stream(question, history):
                 if isinstance(item, Answer) and not reads:
-                    item = replace(item, citations=[replace(c, text="") for c in item.citations])
+                    blank = [replace(c, text="") for c in item.citations]
+                    item = replace(item, citations=blank, uncited=[replace(c, text="") for c in item.uncited])
                 yield item
         finally:
             turns.leave(ticket)

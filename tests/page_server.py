@@ -132,7 +132,7 @@ class PageClient:
         return outputs
 
     def status_of_upload(self, paths: list[Path], kb: str) -> str:
-        return self.call("upload", self.files(*paths), kb)[0]
+        return self.call("upload", self.files(*paths), kb)[1]
 
     def table(self, kb: str) -> list[list]:
         return self.call("kb_change", kb)[0]["data"]
@@ -214,6 +214,12 @@ def open_page(browser: Browser, url: str, watch: Watch) -> Page:
     context.route("**/*", guard)
     page.goto(url, wait_until="domcontentloaded")
     return page
+
+
+def open_tab(page: Page, name: str) -> None:
+    """Show the page's tab called ``name`` (its label as the page shows it)."""
+    page.get_by_role("tab", name=name).click()
+    expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
 
 
 def ask(page: Page, question: str, screenshot: Path) -> str:

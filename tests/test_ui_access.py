@@ -23,7 +23,7 @@ from kb_app.assistant import Assistant
 from kb_app.settings import load_settings
 from kb_app.ui.web import build_ui
 from tests.conftest import ARTIFACTS, FIXTURES
-from tests.page_server import PageClient, Watch, ask, chromium, last_message, open_page, serving, serving_app
+from tests.page_server import open_tab, PageClient, Watch, ask, chromium, last_message, open_page, serving, serving_app
 
 DOCUMENT = FIXTURES / "ui" / "zephyr_policy.txt"
 PASSAGES = ("740 euros", "Mirela Dobrev")  # the document's text, never in the question
@@ -71,7 +71,7 @@ def test_bob_naming_hr_in_crafted_requests_gets_an_error_and_nothing_of_it(house
     table, status, *_ = bob.call("kb_change", "hr")
     assert table["data"] == [] and "no knowledge base named" in status
     assert "no grant" in bob.status_of_upload([DOCUMENT], "hr")
-    assert "no grant" in bob.call("delete", "hr")[2]
+    assert "no grant" in bob.call("delete", "hr")[1]
     by_name = bob.call_by_name("send", QUESTION, [], "hr", None)[0]
     assert last_message(by_name).startswith("⚠️") and "no grant" in last_message(by_name)
     assert bob.call_by_name("kb_change", "hr")[0]["data"] == []
@@ -81,12 +81,12 @@ def test_bob_naming_hr_in_crafted_requests_gets_an_error_and_nothing_of_it(house
 
 
 def test_each_visitor_is_shown_only_the_knowledge_bases_they_hold_a_grant_on(house: House) -> None:
-    choices, table, status, who, _chat, _kept, upload, delete, admin_tab, *_ = house.visitor("bob").call("load")
+    who, _picker, _chat, _kept, choices, table, status, upload, delete, admin_tab, *_ = house.visitor("bob").call("load")
     assert "hr" not in {choice[0] for choice in choices["choices"]} and choices["value"] is None
     assert table["data"] == [] and not leaks([choices, table, status])
     assert "bob" in who["value"] and 'action="/logout"' in who["value"]
     assert upload["visible"] and not delete["visible"] and not admin_tab["visible"]
-    choices, table, _, _, _chat, _kept, upload, delete, admin_tab, *_ = house.visitor("alice").call("load")
+    _, _picker, _chat, _kept, choices, table, _, upload, delete, admin_tab, *_ = house.visitor("alice").call("load")
     assert choices["value"] == "hr" and table["data"][0][0] == DOCUMENT.name
     assert not upload["visible"] and not delete["visible"] and not admin_tab["visible"]  # read: no write, no admin
 
@@ -148,7 +148,7 @@ def test_a_page_mounted_without_sign_in_serves_nobody_when_auth_is_on(house: Hou
         chat = visitor.call("ask", QUESTION, [], "hr", None)[0]
         table, status, *_ = visitor.call("kb_change", "hr")
         loaded = visitor.call("load")
-    assert "sign in first" in last_message(chat) and "sign in first" in status and "sign in first" in loaded[2]
+    assert "sign in first" in last_message(chat) and "sign in first" in status and "sign in first" in loaded[0]["value"]
     assert not leaks([chat, table, status, loaded])
 
 
@@ -187,11 +187,13 @@ def test_alice_signs_in_sees_hr_and_reads_the_sources_of_an_answer(house: House,
     watch = Watch()
     page = sign_in(browser, house, "alice", watch)
     expect(page.locator("#kb-picker input")).to_have_value("hr")
-    expect(page.locator("#files")).to_contain_text(DOCUMENT.name)
     assert offered(page) == ["hr"]
     expect(page.get_by_role("tab", name="Admin 管理")).to_have_count(0)
+    open_tab(page, "Documents 文档")
+    expect(page.locator("#files")).to_contain_text(DOCUMENT.name)
     expect(page.locator("#upload")).to_have_count(0)  # read: no upload, no delete
     expect(page.locator("#delete")).to_have_count(0)
+    open_tab(page, "Chat 问答")
 
     bot = ask(page, QUESTION, ARTIFACTS / "ui_access_answer.png")
     answer, _, sources = bot.partition("Sources")
@@ -210,10 +212,11 @@ def test_bob_sees_hr_only_once_the_admin_grants_it_on_the_admin_screen(house: Ho
     watch = Watch()
     try:
         bob = sign_in(browser, house, "bob", watch)
-        expect(bob.locator("#ingest-status")).to_contain_text("ask an admin for a grant")
         assert "hr" not in offered(bob)
-        expect(bob.locator("#files")).not_to_contain_text(DOCUMENT.name)
         expect(bob.get_by_role("tab", name="Admin 管理")).to_have_count(0)
+        open_tab(bob, "Documents 文档")
+        expect(bob.locator("#ingest-status")).to_contain_text("ask an admin for a grant")
+        expect(bob.locator("#files")).not_to_contain_text(DOCUMENT.name)
 
         root = sign_in(browser, house, "root", watch)
         root.get_by_role("tab", name="Admin 管理").click()
@@ -228,9 +231,10 @@ def test_bob_sees_hr_only_once_the_admin_grants_it_on_the_admin_screen(house: Ho
 
         bob.reload()
         expect(bob.locator("#kb-picker input")).to_have_value("hr")
+        assert offered(bob) == ["hr"]
+        open_tab(bob, "Documents 文档")
         expect(bob.locator("#files")).to_contain_text(DOCUMENT.name)
         expect(bob.locator("#upload")).to_have_count(0)  # ask: answers only
-        assert offered(bob) == ["hr"]
     finally:
         house.assistant.access.revoke("bob", "hr")
     assert watch.hosts() == {"127.0.0.1"}, watch.requested

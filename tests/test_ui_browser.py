@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from kb_app.settings import load_settings
 from tests.conftest import ARTIFACTS, FIXTURES
-from tests.page_server import Watch, ask, chromium, open_page, serving
+from tests.page_server import open_tab, Watch, ask, chromium, open_page, serving
 
 pytestmark = pytest.mark.slow
 
@@ -77,6 +77,7 @@ def test_upload_ask_and_see_sources(page: Page, watch: Watch, tmp_path: Path) ->
     files = page.locator("#files")
 
     # A supported document: reported as added and listed in the files table.
+    open_tab(page, "Documents 文档")
     upload(page, document)
     expect(status).to_contain_text("1 added")
     expect(files).to_contain_text(document.name)
@@ -93,6 +94,8 @@ def test_upload_ask_and_see_sources(page: Page, watch: Watch, tmp_path: Path) ->
     expect(files).not_to_contain_text("notes.xyz")
 
     # One question, answered by the real model; wait for streaming to end and the sources to appear.
+    open_tab(page, "Chat 问答")
+    expect(page.locator("#kb-picker input")).to_have_value("default")
     bot = ask(page, QUESTION, ARTIFACTS / "ui_answer.png")
     answer, _, sources = bot.partition("Sources")
     assert "740" in answer, bot

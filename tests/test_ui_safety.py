@@ -18,7 +18,8 @@ from markdown_it import MarkdownIt
 
 from kb_app.chat.pipeline import Citation
 from kb_app.settings import load_settings
-from kb_app.ui.web import GENERIC_ERROR, escape_markdown, format_sources, neutralise
+from kb_app.ui.chat import format_sources
+from kb_app.ui.common import GENERIC_ERROR, escape_markdown, neutralise
 from tests.conftest import FIXTURES
 from tests.page_server import PageClient, last_message, serving
 
@@ -58,7 +59,7 @@ def test_hostile_names_from_the_page_touch_nothing_outside_kb_home(open_page, tm
 
     for name in [*HOSTILE_NAMES, str(beside), str(inside_home)]:
         upload_status = page.status_of_upload([DOCUMENT], name)
-        delete_status = page.call("delete", name)[2]
+        delete_status = page.call("delete", name)[1]
         for shown in (upload_status, delete_status):
             assert shown.startswith("⚠️") and "knowledge" in shown, (name, shown)
             assert "Traceback" not in shown
@@ -81,7 +82,7 @@ def test_a_hostile_name_in_a_question_or_a_kb_change_is_shown_not_raised(open_pa
 def test_any_other_failure_shows_one_generic_line_and_no_exception_text(open_page) -> None:
     """A value the page itself never sends (a number for the name) fails inside; the visitor sees no internals."""
     page = open_page()
-    status = page.call("delete", 123)[2]
+    status = page.call("delete", 123)[1]
     assert status == GENERIC_ERROR
     assert "AttributeError" not in status and "strip" not in status
 
@@ -91,8 +92,8 @@ def test_display_names_in_any_language_and_the_same_file_in_two_of_them(open_pag
     page = open_page()
     assert "1 added" in page.status_of_upload([DOCUMENT], "财务部")
     outputs = page.call("upload", page.files(DOCUMENT), "HR 2026")
-    assert "1 added" in outputs[0], outputs[0]
-    assert {"财务部", "HR 2026"} <= {choice[0] for choice in outputs[2]["choices"]}
+    assert "1 added" in outputs[1], outputs[1]
+    assert {"财务部", "HR 2026"} <= {choice[0] for choice in outputs[4]["choices"]}
     assert page.table("财务部")[0][0] == DOCUMENT.name
     assert page.table("HR 2026")[0][0] == DOCUMENT.name
 
@@ -103,7 +104,7 @@ def test_uploads_land_in_a_private_folder_under_kb_home_and_are_deleted_once_ing
     assert stat.S_IMODE(uploads.stat().st_mode) == 0o700
     files = page.files(DOCUMENT)
     assert uploads in Path(files[0]["path"]).parents
-    assert "1 added" in page.call("upload", files, "default")[0]
+    assert "1 added" in page.call("upload", files, "default")[1]
     assert files_under(uploads) == []
 
 

@@ -24,12 +24,16 @@ class Citation:
     text: str
     score: float
     heading: str = ""
+    chunk_id: str = ""  # the stored chunk, so a viewer can find it again (empty in turns kept by an older kb)
+    kb: str = ""  # the knowledge base it came from
 
     @classmethod
     def from_hit(cls, n: int, hit: Hit) -> Citation:
         score = hit.dense_score if hit.dense_score is not None else hit.score
         c = hit.chunk
-        return cls(n=n, source=c.source, page=c.page, text=c.text, score=round(score, 4), heading=c.heading)
+        return cls(
+            n=n, source=c.source, page=c.page, text=c.text, score=round(score, 4), heading=c.heading, chunk_id=c.id
+        )
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Answer:
     language: Language
     citations: list[Citation] = field(default_factory=list)
     refused: bool = False
+    uncited: list[Citation] = field(default_factory=list)  # passages the model read that no sentence relies on
 
     def to_dict(self) -> dict:
         return {"answer": self.text, "citations": [asdict(c) for c in self.citations]}
@@ -98,7 +103,8 @@ class ChatPipeline:
         if not self._evidence.sufficient(question, used, language):
             refusal = self._prompts.refusal(language)
             yield refusal
-            yield Answer(text=refusal, language=language, refused=True)
+            uncited = [Citation.from_hit(n, hit) for n, hit in enumerate(used, 1)]
+            yield Answer(text=refusal, language=language, refused=True, uncited=uncited)
             return
         pieces: list[str] = []
         for piece in model.stream(messages, self._llm.max_tokens, self._llm.temperature):
@@ -109,6 +115,7 @@ class ChatPipeline:
             text=text,
             language=language,
             citations=[Citation.from_hit(n, used[n - 1]) for n in numbers],
+            uncited=[Citation.from_hit(n, hit) for n, hit in enumerate(used, 1) if n not in numbers],
         )
 
     def ask(self, question: str, history: list[Message] | None = None) -> Answer:

@@ -11,7 +11,7 @@ import gradio as gr
 
 from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
-from kb_app.ui.web import acting, escape_markdown, problem
+from kb_app.ui.common import PRIVATE, acting, escape_markdown, problem
 
 USER_HEADERS = ["user", "admin"]
 GRANT_HEADERS = ["user", "knowledge base", "role"]
@@ -60,13 +60,12 @@ class AdminScreen:
                 grant = gr.Button("Grant 授予", variant="primary", elem_id="grant")
                 revoke = gr.Button("Revoke 撤销", elem_id="revoke")
 
-        private = {"api_visibility": "private"}
         users_out = [status, self.users, self.grants, password]
-        add.click(self.on_add, inputs=[name, password, is_admin], outputs=users_out, api_name="add_user", **private)
-        remove.click(self.on_remove, inputs=name, outputs=users_out, api_name="remove_user", **private)
+        add.click(self.on_add, inputs=[name, password, is_admin], outputs=users_out, api_name="add_user", **PRIVATE)
+        remove.click(self.on_remove, inputs=name, outputs=users_out, api_name="remove_user", **PRIVATE)
         grant_in, grants_out = [grantee, self.grant_kb, role], [status, self.grants]
-        grant.click(self.on_grant, inputs=grant_in, outputs=grants_out, api_name="grant", **private)
-        revoke.click(self.on_revoke, inputs=grant_in[:2], outputs=grants_out, api_name="revoke", **private)
+        grant.click(self.on_grant, inputs=grant_in, outputs=grants_out, api_name="grant", **PRIVATE)
+        revoke.click(self.on_revoke, inputs=grant_in[:2], outputs=grants_out, api_name="revoke", **PRIVATE)
 
     @property
     def outputs(self) -> list:
@@ -77,12 +76,12 @@ class AdminScreen:
         """The screen for someone who may administer nothing here: not shown, and holding no user or grant."""
         return gr.update(visible=False), gr.update(visible=False), [], [], gr.update(choices=[], value=None)
 
-    def view(self, me: Assistant, kb: str | None) -> tuple:
-        """The screen for ``me`` with ``kb`` selected on the page: hidden unless they may administer something here."""
+    def view(self, me: Assistant) -> tuple:
+        """The screen for ``me``: hidden unless they may administer something."""
         kbs = administered(me)
-        if not me.user.admin and kb not in kbs:
+        if not me.user.admin and not kbs:
             return self.hidden()
-        selected = kb if kb in kbs else (kbs[0] if kbs else None)
+        selected = kbs[0] if kbs else None
         return (
             gr.update(visible=True),
             gr.update(visible=me.user.admin),
