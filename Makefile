@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# llama.cpp's AMX kernels crash on the first decode on some Sapphire Rapids machines (ggml-org/llama.cpp#20824):
+# on x86-64 the native build keeps AVX-512 but leaves AMX out.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)',)
 
 .PHONY: install run test lint bench system-deps clean
 
@@ -12,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@# The CPU build of torch first, so no later requirement pulls several GB of CUDA wheels.
 	$(BIN)/pip install torch==2.13.0
 	@echo ">>> llama-cpp-python builds from source the first time: about 11 minutes on 2 cores (cached afterwards)."
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -r requirements.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
