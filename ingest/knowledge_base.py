@@ -101,6 +101,8 @@ class KnowledgeBase:
         for record in broken:
             self.remove_chunks(record.chunk_ids)
             self.manifest.remove(record.source)
+        if broken:
+            self.prune_originals()
         return [r.source for r in broken]
 
     def repair_lexical(self, batch: int = 500) -> int:
@@ -127,6 +129,7 @@ class KnowledgeBase:
         self.manifest.begin(source, record.sha256, record.size, record.chunk_ids)
         self.remove_chunks(record.chunk_ids)
         self.manifest.remove(source)
+        self.prune_originals()
         return True
 
     def remove_files(self, sources: list[str]) -> list[str]:
@@ -137,7 +140,13 @@ class KnowledgeBase:
         self.remove_chunks([i for record in records for i in record.chunk_ids])
         for record in records:
             self.manifest.remove(record.source)
+        if records:
+            self.prune_originals()
         return [r.source for r in records]
+
+    def prune_originals(self) -> int:
+        """Remove the kept copies no file refers to any more (after removals and replacements); how many."""
+        return self.originals.prune(r.sha256 for r in self.manifest.everything() if r.status != "failed")
 
     def rename_file(self, old: str, new: str, path: str = "", mtime: float = 0.0) -> bool:
         """Give a moved or renamed file its new name without embedding it again (its vectors are kept).

@@ -5,7 +5,8 @@ stores and marked ``done`` after; rows still pending when a knowledge base is op
 that crashed, and their chunks are removed (see ``KnowledgeBase.recover``). A file that could not be read is
 kept as ``failed`` with its error, so a sync does not retry an unchanged bad file and the user can see why.
 Each row also keeps the file's absolute ``path`` and ``mtime``: a sync skips hashing files whose size and
-mtime have not changed, and finds moved files by hash.
+mtime have not changed, and finds moved files by hash; and, for the documents table, its ``pages`` (the highest
+page number its chunks carry, 0 for a format without pages) and when it was ``added`` first.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _RAW_PREFIX = "raw-bytes:"
-_COLUMNS = "source, sha256, size, status, chunk_ids, updated_at, path, error, mtime"
+_COLUMNS = "source, sha256, size, status, chunk_ids, updated_at, path, error, mtime, pages, added"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     source TEXT PRIMARY KEY,
@@ -31,9 +32,12 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at REAL NOT NULL,
     path TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT '',
-    mtime REAL NOT NULL DEFAULT 0
+    mtime REAL NOT NULL DEFAULT 0,
+    pages INTEGER NOT NULL DEFAULT 0,
+    added REAL NOT NULL DEFAULT 0
 )
 """
+_ADDED = "COALESCE((SELECT added FROM files WHERE source = ?), ?)"  # a row replaced keeps its first ingest time
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256)",
     "CREATE INDEX IF NOT EXISTS files_path ON files(path)",
@@ -52,6 +56,8 @@ class FileRecord:
     path: str = ""
     error: str = ""
     mtime: float = 0.0
+    pages: int = 0  # the highest page number of its chunks; 0 for a format without pages
+    added: float = 0.0  # when the file was first ingested
 
 
 class Manifest:
@@ -63,6 +69,7 @@ class Manifest:
         self._db.execute("PRAGMA busy_timeout=10000")
         self._migrate()
         self._db.execute(_SCHEMA)
+        self._add_table_columns()
         for statement in _INDEXES:
             self._db.execute(statement)
 
@@ -75,10 +82,25 @@ class Manifest:
             self._db.execute("ALTER TABLE files RENAME TO files_old")
             self._db.execute(_SCHEMA)
             self._db.execute(
-                "INSERT INTO files (source, sha256, size, status, chunk_ids, updated_at) "
-                "SELECT source, sha256, size, status, chunk_ids, updated_at FROM files_old"
+                "INSERT INTO files (source, sha256, size, status, chunk_ids, updated_at, added) "
+                "SELECT source, sha256, size, status, chunk_ids, updated_at, updated_at FROM files_old"
             )
             self._db.execute("DROP TABLE files_old")
+
+    def _add_table_columns(self) -> None:
+        """Manifests written before the documents table get its columns; a file's first ingest time is taken to
+        be its last update, the best that is known."""
+        if self._has_column("added"):
+            return
+        with self.transaction():  # checked again inside it: two processes may open an old manifest at once
+            if self._has_column("added"):
+                return
+            self._db.execute("ALTER TABLE files ADD COLUMN pages INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("ALTER TABLE files ADD COLUMN added REAL NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE files SET added = updated_at")
+
+    def _has_column(self, name: str) -> bool:
+        return name in [row[1] for row in self._db.execute("PRAGMA table_info(files)")]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -119,12 +141,20 @@ class Manifest:
         return self._select("WHERE sha256 = ? ORDER BY source", (sha256,))
 
     def begin(
-        self, source: str, sha256: str, size: int, chunk_ids: Sequence[str], path: str = "", mtime: float = 0.0
+        self,
+        source: str,
+        sha256: str,
+        size: int,
+        chunk_ids: Sequence[str],
+        path: str = "",
+        mtime: float = 0.0,
+        pages: int = 0,
     ) -> None:
         """Record that ``chunk_ids`` are about to be written for ``source`` (replacing any older row)."""
+        now = time.time()
         self._db.execute(
-            f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'pending', ?, ?, ?, '', ?)",
-            (source, sha256, size, json.dumps(list(chunk_ids)), time.time(), path, mtime),
+            f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'pending', ?, ?, ?, '', ?, ?, {_ADDED})",
+            (source, sha256, size, json.dumps(list(chunk_ids)), now, path, mtime, pages, source, now),
         )
 
     def commit(self, source: str) -> None:
@@ -132,9 +162,10 @@ class Manifest:
 
     def fail(self, source: str, sha256: str, size: int, error: str, path: str = "", mtime: float = 0.0) -> None:
         """Record that ``source`` could not be read (only for files with no chunks in the stores)."""
+        now = time.time()
         self._db.execute(
-            f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'failed', '[]', ?, ?, ?, ?)",
-            (source, sha256, size, time.time(), path, error, mtime),
+            f"INSERT OR REPLACE INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'failed', '[]', ?, ?, ?, ?, 0, {_ADDED})",
+            (source, sha256, size, now, path, error, mtime, source, now),
         )
 
     def touch(self, source: str, path: str, mtime: float) -> None:
@@ -148,10 +179,11 @@ class Manifest:
             if not rows:
                 return None
             record = rows[0]
+            kept = (record.pages, record.added)
             self._db.execute("DELETE FROM files WHERE source IN (?, ?)", (old, new))
             self._db.execute(
-                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'pending', ?, ?, ?, '', ?)",
-                (new, record.sha256, record.size, json.dumps(record.chunk_ids), time.time(), path, mtime),
+                f"INSERT INTO files ({_COLUMNS}) VALUES (?, ?, ?, 'pending', ?, ?, ?, '', ?, ?, ?)",
+                (new, record.sha256, record.size, json.dumps(record.chunk_ids), time.time(), path, mtime, *kept),
             )
         return record
 
@@ -177,7 +209,17 @@ def path_of(text: str) -> Path:
 
 
 def _record(row: tuple) -> FileRecord:
-    source, sha256, size, status, chunk_ids, updated_at, path, error, mtime = row
+    source, sha256, size, status, chunk_ids, updated_at, path, error, mtime, pages, added = row
     return FileRecord(
-        source, sha256, int(size), status, json.loads(chunk_ids), float(updated_at), path, error, float(mtime)
+        source,
+        sha256,
+        int(size),
+        status,
+        json.loads(chunk_ids),
+        float(updated_at),
+        path,
+        error,
+        float(mtime),
+        int(pages),
+        float(added),
     )

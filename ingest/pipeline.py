@@ -5,6 +5,8 @@ per-file caps on text and chunks, while the files before them are embedded here.
 else same sha256) are skipped without parsing; a file whose content is already stored under a name whose file is gone
 was moved, and is renamed without embedding; a copy of a stored file reuses its vectors. Every file that cannot be read
 is reported by name with the reason and recorded in the manifest as ``failed``; the rest of the batch always lands.
+With ``ingest.keep_originals`` a copy of each stored file is kept in the knowledge base (``ingest.originals``), once
+its row is committed, for the page's citation viewer, downloads and re-indexing.
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ class _Job:
     mtime: float
     previous: FileRecord | None
     notes: list[str]
+    recorded: tuple[str, float] = ("", 0.0)  # the path and mtime its manifest row keeps
 
 
 class Ingestor:
@@ -178,17 +181,20 @@ class Ingestor:
         files: Iterable[tuple[Path, str]],
         progress: ProgressCallback = _no_progress,
         retry_failed: bool = True,
+        force: bool = False,
     ) -> IngestReport:
         """Ingest ``(path, source)`` pairs; a file that fails is reported and the batch goes on.
 
         ``retry_failed=False`` (sync) does not parse again a file that failed before and has not changed since.
+        ``force=True`` (re-index, from a kept copy) parses and embeds a stored file again however unchanged it is;
+        its row keeps the path and mtime it had, so a sync still recognises the user's file.
         The knowledge base's writer lock is held throughout (re-entrant: a caller may already hold it).
         """
         with self._kb.writing(self._settings.lock_wait_s, lambda message: progress(0.0, message)):
-            return self._ingest(files, progress, retry_failed)
+            return self._ingest(files, progress, retry_failed, force)
 
     def _ingest(
-        self, files: Iterable[tuple[Path, str]], progress: ProgressCallback, retry_failed: bool
+        self, files: Iterable[tuple[Path, str]], progress: ProgressCallback, retry_failed: bool, force: bool
     ) -> IngestReport:
         started = time.perf_counter()
         self._batch = []
@@ -204,7 +210,7 @@ class Ingestor:
                 if isinstance(item, Refused):
                     checked = self._refuse(source, escape_controls(item.reason))
                 else:
-                    checked = self._check(i, Path(path), source, notes, retry_failed)
+                    checked = self._check(i, Path(path), source, notes, retry_failed, force)
             except OSError as exc:
                 checked = FileOutcome(source, "failed", reason=f"{source}: cannot read ({exc.strerror or exc})")
             except KbError as exc:
@@ -242,7 +248,9 @@ class Ingestor:
         progress(1.0, "done")
         return IngestReport(files=[o for o in outcomes if o is not None], seconds=time.perf_counter() - started)
 
-    def _check(self, index: int, path: Path, source: str, notes: list[str], retry_failed: bool) -> FileOutcome | _Job:
+    def _check(
+        self, index: int, path: Path, source: str, notes: list[str], retry_failed: bool, force: bool
+    ) -> FileOutcome | _Job:
         """What a file needs, decided without parsing it: nothing, a rename, a copy of stored vectors, or a parse."""
         manifest = self._kb.manifest
         stat = path.stat()
@@ -250,8 +258,13 @@ class Ingestor:
             raise DocumentReadError(f"{source}: not a regular file")
         resolved, size, mtime = path_text(path), stat.st_size, stat.st_mtime
         previous = manifest.get(source)
+        if force:
+            recorded = (previous.path, previous.mtime) if previous else (resolved, mtime)
+            sha256 = file_sha256(path) if size <= self._registry.max_file_mb * 1024 * 1024 else ""
+            return _Job(index, path, source, sha256, size, mtime, previous, notes, recorded)
         same_stat = previous is not None and (previous.path, previous.size, previous.mtime) == (resolved, size, mtime)
         if previous and previous.status == "done" and same_stat:
+            self._keep_original(path, previous.sha256)
             return FileOutcome(source, "unchanged", len(previous.chunk_ids))
         if previous and previous.status == "failed" and not retry_failed:
             # a failure is retried only when the file changes, or when a password now comes with a locked file
@@ -262,16 +275,18 @@ class Ingestor:
         sha256 = "" if too_big else file_sha256(path)
         if previous and previous.status == "done" and previous.sha256 == sha256:
             manifest.touch(source, resolved, mtime)
+            self._keep_original(path, sha256)
             return FileOutcome(source, "unchanged", len(previous.chunk_ids))
         if previous and previous.status == "failed" and previous.sha256 == sha256 and not retry_failed:
             manifest.touch(source, resolved, mtime)
             return FileOutcome(source, "failed", reason=previous.error)
-        job = _Job(index, path, source, sha256, size, mtime, previous, notes)
+        job = _Job(index, path, source, sha256, size, mtime, previous, notes, (resolved, mtime))
         if sha256 and (previous is None or previous.status != "done"):
             twins = [r for r in manifest.by_sha256(sha256) if r.status == "done" and r.source != source]
             # moved: its old file is gone; or the same file seen under another name (ingested from another root)
             moved = [r for r in twins if r.path and (r.path == resolved or not path_of(r.path).exists())]
             if moved and self._kb.rename_file(moved[0].source, source, resolved, mtime):
+                self._keep_original(path, sha256)
                 note = f"{source}: moved or renamed from {moved[0].source}; its vectors were kept"
                 return FileOutcome(source, "renamed", len(moved[0].chunk_ids), reason="; ".join([*notes, note]))
             for twin in twins:
@@ -320,23 +335,43 @@ class Ingestor:
         manifest = self._kb.manifest
         old_ids: list[str] = []
         rows = []
+        replaced = False
         with manifest.transaction():
             for item in batch:
                 job, previous = item.job, manifest.get(item.job.source)
                 new_ids = [c.id for c in item.chunks]
                 keep = set(new_ids)
                 old = [i for i in (previous.chunk_ids if previous else []) if i not in keep]
-                path = path_text(job.path)
-                manifest.begin(job.source, job.sha256, job.size, new_ids + old, path, job.mtime)
+                path, mtime = job.recorded
+                pages = max((c.page or 0 for c in item.chunks), default=0)
+                manifest.begin(job.source, job.sha256, job.size, new_ids + old, path, mtime, pages)
                 old_ids += old
-                rows.append((job, new_ids, path))
+                replaced = replaced or (previous is not None and previous.sha256 != job.sha256)
+                rows.append((job, new_ids, path, mtime, pages))
         self._kb.vectors.delete(old_ids)
         self._kb.vectors.add([c for item in batch for c in item.chunks], np.vstack([item.vectors for item in batch]))
         self._kb.lexical.update(add=[(c.id, c.indexed_text) for item in batch for c in item.chunks], remove=old_ids)
         with manifest.transaction():
-            for job, new_ids, path in rows:
-                manifest.begin(job.source, job.sha256, job.size, new_ids, path, job.mtime)
+            for job, new_ids, path, mtime, pages in rows:
+                manifest.begin(job.source, job.sha256, job.size, new_ids, path, mtime, pages)
                 manifest.commit(job.source)
+        for job, *_ in rows:
+            self._keep_original(job.path, job.sha256)
+        if replaced:
+            self._kb.prune_originals()
+
+    def _keep_original(self, path: Path, sha256: str) -> None:
+        """Keep a copy of a stored file (``ingest.keep_originals``), checked against the hash it was stored
+        under: the file may have changed since it was read, and a copy must show what the chunks came from."""
+        originals = self._kb.originals
+        if not self._settings.keep_originals or not sha256 or originals.path(sha256) is not None:
+            return
+        try:
+            kept = originals.keep(path, sha256)
+            if file_sha256(kept) != sha256:
+                kept.unlink(missing_ok=True)
+        except OSError:  # gone or unreadable since it was read: the page offers no copy of this one
+            return
 
     def _own_ids(self, source: str, sha256: str, chunks: list[Chunk]) -> list[Chunk]:
         """Chunk ids are derived from (name, content); a renamed file keeps its old ids, so a new file under its
@@ -358,5 +393,5 @@ class Ingestor:
         if previous is not None and previous.status == "done":
             error = type(error)(f"{error.message} (the version ingested before is kept)", error.hint)
         else:
-            self._kb.manifest.fail(job.source, job.sha256, job.size, str(error), path_text(job.path), job.mtime)
+            self._kb.manifest.fail(job.source, job.sha256, job.size, str(error), *job.recorded)
         return FileOutcome(job.source, "failed", reason=str(error))

@@ -74,3 +74,11 @@ class IngestSettings(BaseModel):
     max_chunks: int = Field(
         20_000, ge=1, description="Chunks one file may yield (about an hour of embedding on 2 cores)."
     )
+    keep_originals: bool = Field(
+        True,
+        description="Keep a copy of every stored file inside its knowledge base (KB_HOME), so the page can show "
+        "a cited page, offer the original for download and re-index it after the upload is gone.",
+    )
+    question_wait_s: float = Field(
+        600.0, ge=0, description="How long a question waits for files of its knowledge base still being indexed."
+    )

@@ -10,8 +10,11 @@ every heavy part and opens only the knowledge bases that user holds a grant on.
 from __future__ import annotations
 
 import copy
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from functools import cached_property
@@ -24,29 +27,51 @@ from ingest.knowledge_base import KnowledgeBase, embedded_store_lock
 from ingest.loaders import LoaderRegistry
 from ingest.locks import no_notice
 from ingest.manifest import FileRecord
-from ingest.pipeline import Ingestor, IngestReport, ProgressCallback, expand_paths
+from ingest.pipeline import FileOutcome, Ingestor, IngestReport, ProgressCallback, expand_paths
 from ingest.splitter import RecursiveSplitter
 from ingest.sync import sync_folder, watch_folder
-from ingest.vector_store import make_client
+from ingest.vector_store import StoredChunk, make_client
 from kb_app.access.accounts import Accounts
 from kb_app.access.policy import Policy
 from kb_app.access.roles import OWNER, Role, User
 from kb_app.access.store import AccessStore
 from kb_app.chat.conversations import Conversations, ConversationStore
-from kb_app.chat.pipeline import Answer, ChatPipeline
+from kb_app.chat.feedback import Feedback, FeedbackStore
+from kb_app.chat.pipeline import Answer, ChatPipeline, Citation
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import build_evidence_check
 from kb_app.chat.turns import Turns, Waiting
-from kb_app.errors import KbError, KnowledgeBaseBusyError, KnowledgeBaseNotFoundError
+from kb_app.errors import (
+    DocumentNotFoundError,
+    KbError,
+    KnowledgeBaseBusyError,
+    KnowledgeBaseNameError,
+    KnowledgeBaseNotFoundError,
+)
+from kb_app.ingest_queue import Indexing, IngestQueue, IngestTask, QueuedFile
 from kb_app.models.base import Capabilities, ChatModel, Message
 from kb_app.models.factory import backend_capabilities, build_chat_model, capabilities_of
 from kb_app.retrieval.base import Hit, Retriever
 from kb_app.retrieval.factory import build_retriever
+from kb_app.retrieval.multi import MultiRetriever
 from kb_app.settings import RetrievalSettings, Settings
+from kb_app.viewer.context import PassageContext, neighbours, surrounding
+from kb_app.viewer.pdf_page import render_page
+
+Names = str | Sequence[str] | None  # one knowledge base, several, or the configured default
 
 
 def _no_progress(fraction: float, message: str) -> None:
     return None
+
+
+def _readable(answer: Answer, readable: set[str]) -> Answer:
+    """``answer`` without the passage text of citations from knowledge bases outside ``readable``."""
+
+    def shown(citations: list[Citation]) -> list[Citation]:
+        return [c if c.kb in readable else replace(c, text="") for c in citations]
+
+    return replace(answer, citations=shown(answer.citations), uncited=shown(answer.uncited))
 
 
 class _Parts:
@@ -60,6 +85,7 @@ class _Parts:
         self.lock = threading.RLock()
         self.ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
         self.turns = Turns(settings.llm.concurrent_answers)  # one line at the model for every caller
+        self.ingest_queue = IngestQueue()  # files ingested in the background, one at a time
         if embedder is not None:
             self.__dict__["embedder"] = embedder
         if client is not None:
@@ -90,6 +116,10 @@ class _Parts:
     @cached_property
     def conversations(self) -> ConversationStore:
         return ConversationStore(self.settings.conversations_db)
+
+    @cached_property
+    def feedback(self) -> FeedbackStore:
+        return FeedbackStore(self.settings.feedback_db)
 
 
 class Assistant:
@@ -150,6 +180,11 @@ class Assistant:
     def conversations(self) -> Conversations:
         """:attr:`user`'s kept conversations (only theirs)."""
         return Conversations(self._parts.conversations, self.user.name)
+
+    @property
+    def feedback(self) -> Feedback:
+        """Ratings of answers: :attr:`user` rates their own; only an admin reads everyone's."""
+        return Feedback(self._parts.feedback, self.conversations, self.user)
 
     def model(self) -> ChatModel:
         with self._parts.lock:
@@ -228,6 +263,7 @@ class Assistant:
                 self.policy.require(self.user, check_name(name), Role.ADMIN)
             return False
         kb = self.knowledge_base(name, create=False, need=Role.ADMIN)
+        self._parts.ingest_queue.cancel(kb.name)  # its queued files would only fail
         if not self._parts.ingest_lock.acquire(blocking=False):
             raise KnowledgeBaseBusyError(
                 "files are being ingested right now", "delete the knowledge base when the ingest has finished"
@@ -239,9 +275,44 @@ class Assistant:
                 kb.close()
                 deleted = self.catalog.delete(kb.name)
             self.policy.deleted(kb.name)
+            self._parts.ingest_queue.forget(kb.name)
             return deleted
         finally:
             self._parts.ingest_lock.release()
+
+    def create_knowledge_base(self, name: str) -> str:
+        """Create an empty knowledge base (its creator then holds ``admin`` on it); returns the name as kept.
+        One that exists already is refused: as taken to a caller with a grant on it, else as any name without."""
+        name = check_name(name)
+        if self.catalog.exists(name):
+            self.policy.require(self.user, name, Role.ASK)
+            raise KbError(f"a knowledge base named '{name}' exists already", "pick it in the list, or another name")
+        return self.knowledge_base(name, need=Role.WRITE).name
+
+    def rename_knowledge_base(self, old: str, new: str) -> str:
+        """Give knowledge base ``old`` the name ``new`` (any language); needs ``admin`` on it. Its vectors stay,
+        its grants and the conversations kept over it follow. Refused while its files are being ingested, or
+        when ``new`` is taken. Returns the new name as kept."""
+        new = check_name(new)
+        kb = self.knowledge_base(old, create=False, need=Role.ADMIN)
+        if self.catalog.exists(new):
+            raise KbError(f"a knowledge base named '{new}' exists already", "pick another name, or delete that one")
+        if self._parts.ingest_queue.active(kb.name) or not self._parts.ingest_lock.acquire(blocking=False):
+            raise KnowledgeBaseBusyError(
+                "files are being ingested right now", "rename the knowledge base when the ingest has finished"
+            )
+        try:
+            with self._writing(kb):
+                with self._parts.lock:
+                    self._parts.kbs.pop(kb.name, None)
+                kb.close()
+                self.catalog.rename(kb.name, new)
+            self.access.rename_kb(kb.name, new)
+            self._parts.conversations.rename_kb(kb.name, new)
+            self._parts.ingest_queue.forget(kb.name)
+        finally:
+            self._parts.ingest_lock.release()
+        return new
 
     # -- documents -------------------------------------------------------------------------------------------
 
@@ -287,6 +358,68 @@ class Assistant:
         self.knowledge_base(kb, need=Role.WRITE)
         watch_folder(lambda: self.sync(folder, kb), on_report, interval_s, stop)
 
+    def queue_ingest(self, paths: Iterable[Path], kb: str | None = None, discard: bool = False) -> list[QueuedFile]:
+        """Queue files (a folder: its files) to be ingested in the background and return at once; needs ``write``
+        on ``kb`` (or creates it). ``discard``: the paths are uploaded copies under ``KB_HOME/uploads``, deleted
+        once ingested (or cancelled); nothing outside that folder is ever deleted."""
+        knowledge_base = self.knowledge_base(kb, need=Role.WRITE)
+        uploads = self.settings.home / "uploads" if discard else None
+        files = expand_paths(Path(p) for p in paths)
+        tasks = [IngestTask(knowledge_base.name, file, self._ingest_queued, uploads) for file in files]
+        return self._parts.ingest_queue.put(tasks)
+
+    def _ingest_queued(self, task: IngestTask, progress: ProgressCallback) -> FileOutcome:
+        """What the queue's worker runs for one file, as the user who queued it (their grant is checked again)."""
+        knowledge_base = self.knowledge_base(task.kb, create=False, need=Role.WRITE)
+        with self._parts.ingest_lock:
+            report = self._ingestor(knowledge_base).ingest([task.file], progress, force=task.force)
+        return report.files[0]
+
+    def ingest_status(self, kb: str | None = None) -> list[QueuedFile]:
+        """``kb``'s files queued, being indexed, or finished lately (with why one failed), oldest first."""
+        return self._parts.ingest_queue.files(self.knowledge_base(kb, create=False).name)
+
+    def cancel_ingest(self, kb: str | None = None) -> int:
+        """Drop ``kb``'s queued files (the one being indexed finishes); needs ``write``. How many were dropped."""
+        return self._parts.ingest_queue.cancel(self.knowledge_base(kb, create=False, need=Role.WRITE).name)
+
+    def indexing(self, kb: str | None = None) -> int:
+        """How many of ``kb``'s files are queued or being indexed (a question over it waits for them)."""
+        name = check_name(kb or self.settings.kb)
+        self.policy.require(self.user, name, Role.ASK)
+        return self._parts.ingest_queue.active(name)
+
+    def original(self, source: str, kb: str | None = None) -> Path:
+        """The kept copy of ``source`` (``ingest.keep_originals``), to download or show: needs ``read``."""
+        return self._original(self.knowledge_base(kb, create=False, need=Role.READ), source)
+
+    def reindex(self, source: str, kb: str | None = None) -> QueuedFile:
+        """Queue ``source`` to be parsed and embedded again from its kept copy (after a change of splitter, OCR
+        or model); needs ``write``. The copy is read under the file's suffix (which picks the loader), from a
+        fresh folder in ``KB_HOME/uploads`` that the queue deletes afterwards."""
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.WRITE)
+        original = self._original(knowledge_base, source)
+        uploads = self.settings.home / "uploads"
+        uploads.mkdir(mode=0o700, parents=True, exist_ok=True)
+        named = Path(tempfile.mkdtemp(prefix="reindex-", dir=uploads)) / f"original{Path(source).suffix}"
+        shutil.copyfile(original, named)
+        task = IngestTask(knowledge_base.name, (named, source), self._ingest_queued, uploads, force=True)
+        return self._parts.ingest_queue.put([task])[0]
+
+    def _original(self, knowledge_base: KnowledgeBase, source: str) -> Path:
+        record = knowledge_base.manifest.get(source)
+        if record is None or record.status == "failed":
+            raise DocumentNotFoundError(
+                f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
+            )
+        kept = knowledge_base.originals.path(record.sha256)
+        if kept is None:
+            raise DocumentNotFoundError(
+                f"no copy of '{source}' is kept",
+                "files ingested by an older kb, or with ingest.keep_originals off, have none: ingest the file again",
+            )
+        return kept
+
     def remove_file(self, source: str, kb: str | None = None) -> None:
         """Remove one file and its chunks; :class:`KbError` if the knowledge base does not hold it."""
         knowledge_base = self.knowledge_base(kb, create=False, need=Role.WRITE)
@@ -316,20 +449,48 @@ class Assistant:
             capabilities=self.model_capabilities(),
         )
 
-    def search(self, query: str, kb: str | None = None, k: int | None = None) -> list[Hit]:
-        """Passages that match ``query``: needs ``read``."""
-        return self.retriever(kb).retrieve(query, k or self.settings.retrieval.top_k)
+    def _names(self, kb: Names) -> list[str]:
+        """The knowledge bases a question names, each checked and once, in the order given (none: the default)."""
+        if kb is None or isinstance(kb, str):
+            return [check_name(kb or self.settings.kb)]
+        names = list(dict.fromkeys(check_name(name) for name in kb))
+        if not names:
+            raise KnowledgeBaseNameError("no knowledge base was named", "pick at least one knowledge base")
+        return names
+
+    def _open_all(self, names: list[str], need: Role) -> list[KnowledgeBase]:
+        """Every one of ``names``, or a refusal before any is searched: a caller gets nothing of a refused one."""
+        return [self.knowledge_base(name, create=False, need=need) for name in names]
+
+    def _merged(self, knowledge_bases: list[KnowledgeBase], retrieval: RetrievalSettings | None) -> Retriever:
+        """Each knowledge base's own retriever, merged by score, every hit tagged with its knowledge base."""
+        return MultiRetriever([(kb.name, self._retriever(kb, retrieval)) for kb in knowledge_bases])
+
+    def search(self, query: str, kb: Names = None, k: int | None = None) -> list[Hit]:
+        """Passages that match ``query`` in one knowledge base or several (one top ``k``): needs ``read`` on each."""
+        knowledge_bases = self._open_all(self._names(kb), Role.READ)
+        return self._merged(knowledge_bases, None).retrieve(query, k or self.settings.retrieval.top_k)
+
+    def chunks(self, source: str, kb: str | None = None) -> list[StoredChunk]:
+        """Every chunk ``source`` was indexed as, in the file's order (page, then offset): needs ``read``."""
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.READ)
+        record = knowledge_base.manifest.get(source)
+        if record is None or record.status == "failed":
+            raise KbError(
+                f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
+            )
+        return sorted(knowledge_base.vectors.get(record.chunk_ids), key=lambda c: (c.page or 0, c.start))
 
     def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
         """The answering pipeline over ``kb`` (``kb eval``): its answers and retriever hand out passage text, so it
         needs ``read``; :meth:`stream` and :meth:`ask` answer an ``ask``-only caller without it."""
-        return self._pipeline(self.knowledge_base(kb, create=False, need=Role.READ), retrieval)
+        return self._pipeline([self.knowledge_base(kb, create=False, need=Role.READ)], retrieval)
 
-    def _pipeline(self, knowledge_base: KnowledgeBase, retrieval: RetrievalSettings | None) -> ChatPipeline:
+    def _pipeline(self, knowledge_bases: list[KnowledgeBase], retrieval: RetrievalSettings | None) -> ChatPipeline:
         retrieval = retrieval or self.settings.retrieval
         prompts = PromptBuilder(self.settings.prompts_dir)
         return ChatPipeline(
-            retriever=self._retriever(knowledge_base, retrieval),
+            retriever=self._merged(knowledge_bases, retrieval),
             model=self.model,
             prompts=prompts,
             evidence=build_evidence_check(self.settings.refusal, self.model, prompts),
@@ -339,44 +500,120 @@ class Assistant:
         )
 
     def stream(
-        self, question: str, kb: str | None = None, history: list[Message] | None = None
-    ) -> Iterator[str | Waiting | Answer]:
-        """:class:`Waiting` while the question waits its turn at the model, then the answer text as it is
-        generated, then the :class:`Answer`. Its citations hold passage text only for a caller with ``read``
-        (``ask`` gets file, page and heading)."""
-        knowledge_base = self.knowledge_base(kb, create=False, need=Role.ASK)
-        reads = self.policy.allows(self.user, knowledge_base.name, Role.READ)
-        pipeline = self._pipeline(knowledge_base, None)
+        self, question: str, kb: Names = None, history: list[Message] | None = None
+    ) -> Iterator[str | Indexing | Waiting | Answer]:
+        """:class:`Indexing` while files of its knowledge bases are still being ingested (see
+        :meth:`_wait_for_indexing`), :class:`Waiting` while the question waits its turn at the model, then the
+        answer text as it is generated, then the :class:`Answer`. ``kb`` may name several knowledge bases (``ask``
+        on each; their passages merged by score, each citation naming its own). A citation holds passage text only
+        from a knowledge base the caller may ``read`` (``ask`` gets file, page and heading)."""
+        names = self._names(kb)
+        knowledge_bases = self._open_all(names, Role.ASK)
+        yield from self._wait_for_indexing([k.name for k in knowledge_bases])
+        readable = {k.name for k in knowledge_bases if self.policy.allows(self.user, k.name, Role.READ)}
+        pipeline = self._pipeline(knowledge_bases, None)
         turns = self._parts.turns
         ticket = turns.join()
         try:
             for ahead in turns.wait(ticket):
                 yield Waiting(ahead)
             for item in pipeline.stream(question, history):
-                if isinstance(item, Answer) and not reads:
-                    blank = [replace(c, text="") for c in item.citations]
-                    item = replace(item, citations=blank, uncited=[replace(c, text="") for c in item.uncited])
-                yield item
+                yield _readable(item, readable) if isinstance(item, Answer) else item
         finally:
             turns.leave(ticket)
 
-    def chat(self, question: str, conversation: str) -> Iterator[str | Waiting | Answer]:
-        """:meth:`stream` inside a kept conversation: its knowledge base, its past turns as history; the turn is
-        recorded once the answer is complete."""
+    def _wait_for_indexing(self, names: list[str]) -> Iterator[Indexing]:
+        """Hold a question while files of ``names`` are queued or being indexed: answered now, it would not find
+        them and be refused as "not in the knowledge base". Says so about once a second (and when the count
+        changes); refused after ``ingest.question_wait_s``."""
+        queue = self._parts.ingest_queue
+        deadline = time.monotonic() + self.settings.ingest.question_wait_s
+        shown, said_at = 0, 0.0
+        while (files := sum(queue.active(name) for name in names)) > 0:
+            now = time.monotonic()
+            if now >= deadline:
+                raise KnowledgeBaseBusyError(
+                    f"{files} file(s) of this knowledge base are still being indexed",
+                    "ask again once the documents screen shows them done, or raise ingest.question_wait_s",
+                )
+            if files != shown or now - said_at >= 1.0:
+                shown, said_at = files, now
+                yield Indexing(files)
+            queue.wait_for_change(min(1.0, deadline - now))
+
+    def chat(self, question: str, conversation: str) -> Iterator[str | Indexing | Waiting | Answer]:
+        """:meth:`stream` inside a kept conversation: its knowledge bases, its past turns as history; the turn is
+        recorded once the answer is complete (a stream closed before then records nothing)."""
         conversations = self.conversations
         kept = conversations.get(conversation)
         answer = None
-        for item in self.stream(question, kb=kept.kb, history=conversations.history(kept.id)):
+        for item in self.stream(question, kb=kept.kbs, history=conversations.history(kept.id)):
             if isinstance(item, Answer):
                 answer = item
             yield item
         if answer is not None:
             conversations.record(kept.id, question, answer)
 
-    def ask(self, question: str, kb: str | None = None, history: list[Message] | None = None) -> Answer:
+    def ask(self, question: str, kb: Names = None, history: list[Message] | None = None) -> Answer:
         answer = None
         for item in self.stream(question, kb, history):
             if isinstance(item, Answer):
                 answer = item
         assert answer is not None, "the pipeline always ends with an Answer"
         return answer
+
+    # -- citations -------------------------------------------------------------------------------------------
+
+    def passage_context(self, kb: str | None, chunk_id: str) -> PassageContext:
+        """A cited passage with the text around it in its file, and whether its page can be shown: needs ``read``
+        (the passage is document text)."""
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.READ)
+        chunk = _cited_chunk(knowledge_base, chunk_id)
+        record = knowledge_base.manifest.get(chunk.source)
+        before_id, after_id = neighbours(record.chunk_ids if record else [], chunk.id)
+        near = {c.id: c for c in knowledge_base.vectors.get([i for i in (before_id, after_id) if i])}
+        before, after = surrounding(chunk, near.get(before_id or ""), near.get(after_id or ""))
+        page_image = chunk.page is not None and _kept_pdf(knowledge_base, chunk.source) is not None
+        return PassageContext(chunk, before, after, page_image)
+
+    def citation_page(self, kb: str | None, source: str, page: int, chunk_id: str) -> bytes:
+        """Page ``page`` of the PDF ``source`` as a PNG with the passage ``chunk_id`` marked: needs ``read`` (the
+        image shows the text). The chunk must be of ``kb`` and on that page, so the pair cannot name any other."""
+        knowledge_base = self.knowledge_base(kb, create=False, need=Role.READ)
+        chunk = _cited_chunk(knowledge_base, chunk_id)
+        if chunk.source != source or chunk.page != page:
+            raise KbError(
+                f"the passage '{chunk_id[:80]}' is not on page {page} of '{source[:200]}'",
+                "open the page from the citation itself",
+            )
+        pdf = _kept_pdf(knowledge_base, source)
+        if pdf is None:
+            raise KbError(
+                f"there is no page image of '{source[:200]}'",
+                "pages are shown for PDFs ingested by this version of kb; ingest the file again",
+            )
+        return render_page(pdf, page, chunk.text, self.settings.ingest.password).png
+
+
+MAX_CHUNK_ID_CHARS = 200
+
+
+def _cited_chunk(knowledge_base: KnowledgeBase, chunk_id: str) -> StoredChunk:
+    """The stored chunk ``chunk_id`` of ``knowledge_base``; refused when it holds none of that id."""
+    found = knowledge_base.vectors.get([chunk_id]) if 0 < len(chunk_id) <= MAX_CHUNK_ID_CHARS else []
+    if not found:
+        raise KbError(
+            f"there is no passage '{chunk_id[:80]}' in the knowledge base '{knowledge_base.name}'",
+            "open the citation from an answer given over this knowledge base",
+        )
+    return found[0]
+
+
+def _kept_pdf(knowledge_base: KnowledgeBase, source: str) -> Path | None:
+    """The kept copy of ``source`` if it is a PDF (a member of a zip has no copy of its own: the zip is kept)."""
+    record = knowledge_base.manifest.get(source)
+    path = knowledge_base.originals.path(record.sha256) if record is not None else None
+    if path is None:
+        return None
+    with path.open("rb") as file:
+        return path if b"%PDF-" in file.read(1024) else None

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from kb_app.errors import AccessError, KbError, KnowledgeBaseNotFoundError
+from kb_app.humanize import human_size
 from kb_app.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -214,10 +215,18 @@ def history(
     ctx: typer.Context,
     conversation: Annotated[str | None, typer.Argument(help="Show this conversation's turns.")] = None,
     limit: Annotated[int, typer.Option("-n", help="How many conversations to list.")] = 20,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the conversation as Markdown, its sources' passages quoted.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List your conversations, the latest first, or show one of them with its sources."""
     conversations = _assistant(_settings(ctx)).conversations
+    if markdown:
+        if conversation is None:
+            raise KbError("--markdown prints one conversation", "name it: `kb history ID --markdown`")
+        typer.echo(conversations.export_markdown(conversation), nl=False)
+        return
     if conversation is None:
         _listing(
             [_conversation_row(c) for c in conversations.recent(limit)],
@@ -231,7 +240,7 @@ def history(
     if as_json:
         _emit({**_conversation_row(kept), "messages": [t.__dict__ for t in turns]})
         return
-    typer.secho(f"{kept.title or kept.id}  ({kept.kb})", bold=True)
+    typer.secho(f"{kept.title or kept.id}  ({', '.join(kept.kbs)})", bold=True)
     for turn in turns:
         typer.secho(f"\n> {turn.question}", bold=True)
         typer.echo(turn.answer)
@@ -319,17 +328,6 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
-def _human_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Show the configured model (llm.* settings): backend, source, size, quantization, context length."""
@@ -344,7 +342,7 @@ def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         mark = "*" if info.active else " "
         typer.secho(f"{mark} {info.name}  [{info.backend}]", bold=info.active)
         typer.echo(f"    from:          {info.source}")
-        typer.echo(f"    size:          {_human_size(info.size_bytes)}")
+        typer.echo(f"    size:          {human_size(info.size_bytes)}")
         typer.echo(f"    quantization:  {info.quantization}")
         typer.echo(f"    context:       {info.context_length or '-'} tokens")
         if info.note:
@@ -618,6 +616,50 @@ def keys_revoke(
     if not _accounts(ctx).revoke_key(key_id):
         raise AccessError(f"there is no API key with id '{key_id}'", "`kb keys list` shows the ids")
     typer.echo(f"revoked key {key_id}")
+
+
+feedback_app = typer.Typer(
+    help="Thumbs up or down that people gave answers on the page, with their comments (admins only).",
+    no_args_is_help=True,
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+def _rating_row(rating) -> dict[str, Any]:
+    return {**rating.__dict__, "at": _when(rating.at)}
+
+
+@feedback_app.command("list")
+def feedback_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("-n", help="How many ratings to list.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List the latest ratings: when, who, up or down, the question and the comment."""
+    _listing(
+        [_rating_row(r) for r in _assistant(_settings(ctx)).feedback.all(limit)],
+        as_json,
+        "no feedback yet: people rate answers with the thumbs under them on the page",
+        lambda row: (
+            f"{row['at']}\t{row['user']}\t{'+1' if row['rating'] > 0 else '-1'}\t{row['conversation']}#{row['turn']}"
+            f"\t{' '.join(row['question'].split())[:80]}\t{row['comment'] or '-'}"
+        ),
+    )
+
+
+@feedback_app.command("export")
+def feedback_export(
+    ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl (one object a rating) or csv.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Every rating with its question, answer, citations, comment, user, conversation, turn and time."""
+    text = _assistant(_settings(ctx)).feedback.export(fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"feedback written to {out}", err=True)
 
 
 def main() -> None:

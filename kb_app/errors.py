@@ -9,6 +9,7 @@ The tree (a caller catches a family; ``kb_app.api.errors`` maps each family to o
     ├── KnowledgeBaseNameError        a name with a path separator, '..', control characters, or too long
     ├── KnowledgeBaseNotFoundError    no knowledge base of that name
     ├── ConversationNotFoundError     no conversation of that id among the caller's own
+    ├── DocumentNotFoundError         no such file in the knowledge base, or no kept copy of it
     ├── LimitExceededError            a request over a limit: too many files at once, a question too long
     ├── AccessError                   users, grants and keys (auth.enabled)
     │   ├── AuthenticationError       not signed in, a wrong password, an unknown, revoked or expired key or session
@@ -47,6 +48,7 @@ __all__ = [
     "AuthenticationError",
     "ConversationNotFoundError",
     "DocumentError",
+    "DocumentNotFoundError",
     "DocumentReadError",
     "KbError",
     "KnowledgeBaseBusyError",
@@ -73,6 +75,10 @@ class KnowledgeBaseNotFoundError(KbError):
 
 class ConversationNotFoundError(KbError):
     """No conversation of that id belongs to the caller (another user's is reported the same way)."""
+
+
+class DocumentNotFoundError(KbError):
+    """The knowledge base holds no file of that name, or kept no copy of it (``ingest.keep_originals``)."""
 
 
 class LimitExceededError(KbError):

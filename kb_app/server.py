@@ -36,12 +36,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from kb_app.api import errors, knowledge_bases, openai
+from kb_app.api import conversations, errors, knowledge_bases, openai, viewer
 from kb_app.api.auth import authenticate, page_user
 from kb_app.assistant import Assistant
 from kb_app.errors import AuthenticationError, SettingsError
 from kb_app.settings import Settings
-from kb_app.ui import login
+from kb_app.ui import login, look
+from kb_app.ui.citation_panel import PAGE_SCRIPT
+from kb_app.ui.i18n import I18N
 from kb_app.ui.web import build_ui, prepare_uploads
 
 # Everything the page loads comes from this server; data:/blob: for the images and fonts Gradio inlines.
@@ -122,6 +124,43 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_policy)
+
+
+class PageHead:
+    """Puts ``script`` first in the page's ``<head>`` (``GET /``): it must run before Gradio's own scripts, which
+    read the browser's language once when they start, and Gradio's ``head`` option is added only later."""
+
+    def __init__(self, app: ASGIApp, script: str) -> None:
+        self.app = app
+        self.script = script.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != "/":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        body: list[bytes] = []
+
+        async def send_with_script(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            page = b"".join(body)
+            headers = MutableHeaders(scope=start)
+            if headers.get("content-type", "").startswith("text/html"):
+                page = page.replace(b"<head>", b"<head>" + self.script, 1)
+                headers["Content-Length"] = str(len(page))
+            await send(start)
+            await send({"type": "http.response.body", "body": page})
+
+        await self.app(scope, receive, send_with_script)
 
 
 class _Wall:
@@ -274,6 +313,9 @@ def _mount_page(app: FastAPI, settings: Settings, assistant: Assistant) -> None:
         pwa=False,
         mcp_server=False,
         theme=gr.themes.Soft(),
+        i18n=I18N,
+        css=look.CSS,
+        js=look.on_load(PAGE_SCRIPT),  # the kept theme; the citation links open the side panel
     )
 
 
@@ -285,6 +327,8 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> FastAPI
     errors.install(app)
     app.include_router(openai.router)
     app.include_router(knowledge_bases.router)
+    app.include_router(conversations.router)
+    app.include_router(viewer.router)
     app.include_router(login.router)
     app.state.sign_in_attempts = login.Attempts()
     app.add_api_route("/docs", _docs, methods=["GET"], include_in_schema=False)
@@ -294,6 +338,7 @@ def build_app(settings: Settings, assistant: Assistant | None = None) -> FastAPI
         app.add_middleware(SignIn, assistant=assistant)
     app.add_middleware(SameOrigin)
     app.add_middleware(TrustedHosts, names=[settings.ui.host, *settings.ui.allowed_hosts])
+    app.add_middleware(PageHead, script=look.HEAD)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so refusals carry the headers too
     return app
 

@@ -301,6 +301,11 @@ class Settings(BaseSettings):
         return self.home / "conversations.sqlite"
 
     @property
+    def feedback_db(self) -> Path:
+        """Thumbs up or down on answers, with comments: see ``kb_app.chat.feedback``."""
+        return self.home / "feedback.sqlite"
+
+    @property
     def log_dir(self) -> Path:
         return self.home / "logs"
 

@@ -31,6 +31,14 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(home=tmp_path / "kb_home")
 
 
+def write(folder: Path, name: str, text: str) -> Path:
+    """A UTF-8 text file ``name`` in ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

@@ -132,7 +132,17 @@ class PageClient:
         return outputs
 
     def status_of_upload(self, paths: list[Path], kb: str) -> str:
-        return self.call("upload", self.files(*paths), kb)[1]
+        """Drop ``paths`` into ``kb`` and wait until they are ingested: the status line then (a refusal: at once)."""
+        return self.queued(self.call("upload", self.files(*paths), kb), kb)[1]
+
+    def queued(self, outputs: list, kb: str, timeout_s: float = 120.0) -> list:
+        """The outputs of an upload once its files are ingested: the timer's ticks (``refresh``) until it stops."""
+        deadline = time.monotonic() + timeout_s
+        while outputs[1].startswith("⏳"):
+            assert time.monotonic() < deadline, f"still indexing after {timeout_s:.0f} s: {outputs[1]}"
+            time.sleep(0.3)
+            outputs = [*self.call("refresh", kb)[:2], *outputs[2:]]
+        return outputs
 
     def table(self, kb: str) -> list[list]:
         return self.call("kb_change", kb)[0]["data"]
@@ -194,6 +204,14 @@ class Watch:
     def hosts(self) -> set[str | None]:
         return {urlsplit(url).hostname for url in self.requested}
 
+    def record(self, route: Route) -> None:
+        """A context's route handler: note the request; let it through only to this machine."""
+        self.requested.append(route.request.url)
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            route.abort()
+
 
 def open_page(browser: Browser, url: str, watch: Watch) -> Page:
     """A page in a fresh context (its own cookies) at ``url``, every request recorded in ``watch``."""
@@ -204,22 +222,16 @@ def open_page(browser: Browser, url: str, watch: Watch) -> Page:
     page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
     page.on("console", lambda msg: watch.errors.append(msg.text) if "Content Security Policy" in msg.text else None)
 
-    def guard(route: Route) -> None:
-        watch.requested.append(route.request.url)
-        if urlsplit(route.request.url).hostname == "127.0.0.1":
-            route.continue_()
-        else:
-            route.abort()
-
-    context.route("**/*", guard)
+    context.route("**/*", watch.record)
     page.goto(url, wait_until="domcontentloaded")
     return page
 
 
-def open_tab(page: Page, name: str) -> None:
-    """Show the page's tab called ``name`` (its label as the page shows it)."""
-    page.get_by_role("tab", name=name).click()
-    expect(page.get_by_role("tab", name=name)).to_have_attribute("aria-selected", "true")
+def open_tab(page: Page, screen: str) -> None:
+    """Show one of the page's screens ("chat", "documents", "search", "admin"), whatever the interface language."""
+    button = page.locator(f"#{screen}-tab-button").first
+    button.click()
+    expect(button).to_have_attribute("aria-selected", "true")
 
 
 def ask(page: Page, question: str, screenshot: Path) -> str:

@@ -205,7 +205,7 @@ def test_a_reader_gets_an_answer_citing_file_page_and_passage(served: Served) ->
     citations = message.model_extra["citations"]
     assert citations, message.content
     assert {(c["source"], c["page"]) for c in citations} == {("allowance.pdf", 2)}
-    assert all(set(c) == {"n", "source", "page", "heading", "text", "score"} for c in citations)
+    assert all(set(c) == {"n", "source", "page", "heading", "text", "score", "kb"} for c in citations)
     assert any("740 euros" in c["text"] for c in citations)
 
 
@@ -231,7 +231,7 @@ def test_a_streamed_answer_carries_its_citations_in_the_last_chunk(served: Serve
     assert last.finish_reason == "stop"
     citations = last.delta.model_extra["citations"]
     assert citations and citations[0]["source"] == "allowance.pdf" and citations[0]["page"] == 2
-    assert all(set(c) == {"n", "source", "page", "heading", "text", "score"} for c in citations)
+    assert all(set(c) == {"n", "source", "page", "heading", "text", "score", "kb"} for c in citations)
     assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
 
 

@@ -111,7 +111,16 @@ def test_cli_ask_json(assistant: Assistant, corpus: Path) -> None:
     data = json.loads(result.output)
     assert set(data) == {"answer", "citations", "conversation", "kb"}
     assert data["answer"]
-    assert data["citations"] and set(data["citations"][0]) == {"n", "source", "page", "text", "score", "heading"}
+    assert data["citations"] and set(data["citations"][0]) == {
+        "n",
+        "source",
+        "page",
+        "text",
+        "score",
+        "heading",
+        "chunk_id",
+        "kb",
+    }
     assert data["citations"][0]["source"] == "langchain.pdf"
 
 

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from kb_app.settings import load_settings
 from tests.conftest import ARTIFACTS, FIXTURES
-from tests.page_server import open_tab, Watch, ask, chromium, open_page, serving
+from tests.page_server import Watch, ask, chromium, open_page, open_tab, serving
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +76,14 @@ def test_upload_ask_and_see_sources(page: Page, watch: Watch, tmp_path: Path) ->
     status = page.locator("#ingest-status")
     files = page.locator("#files")
 
-    # A supported document: reported as added and listed in the files table.
-    open_tab(page, "Documents 文档")
+    # A supported document: queued at once, then reported as added and listed in the files table.
+    open_tab(page, "documents")
     upload(page, document)
     expect(status).to_contain_text("1 added")
     expect(files).to_contain_text(document.name)
+    expect(files).to_contain_text("done")
 
-    # An unsupported file through the same input: named in the status, never listed as a file.
+    # An unsupported file through the same input: named in the status, listed as failed with the reason.
     unsupported = tmp_path / "notes.xyz"
     unsupported.write_text("kb cannot read this format\n", encoding="utf-8")
     upload(page, unsupported)
@@ -91,11 +92,11 @@ def test_upload_ask_and_see_sources(page: Page, watch: Watch, tmp_path: Path) ->
     expect(status).to_contain_text("1 failed")
     expect(status).not_to_contain_text("unchanged")  # the earlier drop was not sent again
     expect(files).to_contain_text(document.name)
-    expect(files).not_to_contain_text("notes.xyz")
+    expect(files.get_by_role("row").filter(has_text="notes.xyz")).to_contain_text("failed")
 
     # One question, answered by the real model; wait for streaming to end and the sources to appear.
-    open_tab(page, "Chat 问答")
-    expect(page.locator("#kb-picker input")).to_have_value("default")
+    open_tab(page, "chat")
+    expect(page.locator("#kb-picker .token")).to_have_text(["default"])
     bot = ask(page, QUESTION, ARTIFACTS / "ui_answer.png")
     answer, _, sources = bot.partition("Sources")
     assert "740" in answer, bot

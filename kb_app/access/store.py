@@ -170,6 +170,12 @@ class AccessStore:
         with self._db() as db:
             db.execute("DELETE FROM grants WHERE kb = ?", (kb,))
 
+    def rename_kb(self, old: str, new: str) -> None:
+        """A renamed knowledge base keeps its grants (any left under the new name are an older one's: dropped)."""
+        with self._db() as db:
+            db.execute("DELETE FROM grants WHERE kb = ?", (new,))
+            db.execute("UPDATE grants SET kb = ? WHERE kb = ?", (new, old))
+
     # -- keys ------------------------------------------------------------------------------------------------
 
     def create_key(self, user: str, label: str = "") -> tuple[KeyRecord, str]:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from kb_app.errors import (
     AuthenticationError,
     ConversationNotFoundError,
+    DocumentNotFoundError,
     KbError,
     KnowledgeBaseBusyError,
     KnowledgeBaseNameError,
@@ -38,6 +39,7 @@ STATUS: dict[type[KbError], int] = {
     PermissionDeniedError: 403,
     KnowledgeBaseNotFoundError: 404,
     ConversationNotFoundError: 404,
+    DocumentNotFoundError: 404,
     UnknownUserError: 404,
     LimitExceededError: 413,
     KnowledgeBaseNameError: 422,

@@ -18,6 +18,7 @@ from typing import Annotated, BinaryIO, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from python_multipart.exceptions import FormParserError
@@ -286,6 +287,23 @@ def remove_document(name: str, source: str, assistant: Caller) -> Removed:
     """Remove one file and its chunks from `name` (needs `write`); `source` as listed, `/` included."""
     assistant.remove_file(source, kb=name)
     return Removed(source=source)
+
+
+@router.get(
+    NAME + "/documents/{source:kbsource}/original",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **documented(401, 403, 404, 422, 503)},
+)
+def download_original(name: str, source: str, assistant: Caller) -> FileResponse:
+    """The file `source` of `name` as it was ingested (the copy kb keeps; needs `read`), as a download: always
+    `application/octet-stream` with `Content-Disposition: attachment`, so a browser never renders it."""
+    path = assistant.original(source, kb=name)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=safe_basename(source),
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 # -- search ------------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Any OpenAI client works unchanged: ``model`` names the knowledge base, ``messages`` holds the conversation, and the
 sources of an answer are in ``choices[0].message.citations`` (streamed: in the last chunk's
 ``choices[0].delta.citations``). Every route makes one call into the caller's Assistant, which checks the grant.
+Several knowledge bases are asked at once with kb's own ``knowledge_bases`` list (``extra_body`` in OpenAI's client),
+each citation naming its ``kb``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from kb_app.assistant import Assistant
 from kb_app.chat.pipeline import Answer, Citation
 from kb_app.chat.turns import Waiting
 from kb_app.errors import KbError, LimitExceededError
+from kb_app.ingest_queue import Indexing
 from kb_app.models.base import Message
 from kb_app.settings import UiSettings
 
 log = logging.getLogger(__name__)
+
+MAX_KNOWLEDGE_BASES = 16  # in one question: each is searched (and may be re-read by the model) on its own
 
 # Shown in /docs (the "Authorize" button); the key itself is read by kb_app.api.auth.
 bearer = HTTPBearer(auto_error=False, description="An API key from `kb keys create NAME` (when auth.enabled).")
@@ -94,6 +99,14 @@ class ChatCompletionRequest(BaseModel):
         "are its history. System and developer messages are ignored: a caller may not speak as kb's system prompt.",
     )
     stream: bool = Field(False, description="Server-sent chunks, the citations in the last one before [DONE].")
+    knowledge_bases: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_KNOWLEDGE_BASES,
+        description="kb's extension (an OpenAI client sends it in `extra_body`): ask several knowledge bases at once, "
+        "instead of `model`. Each needs a grant; their passages are merged by score and each citation names its "
+        "knowledge base.",
+    )
 
 
 class CitationOut(BaseModel):
@@ -103,6 +116,7 @@ class CitationOut(BaseModel):
     heading: str = Field(description="The section heading the passage sits under, if any.")
     text: str | None = Field(None, description="The passage; absent for a caller who holds only `ask`.")
     score: float = Field(description="Cosine similarity to the question.")
+    kb: str = Field("", description="The knowledge base the passage came from.")
 
     @model_serializer(mode="wrap")
     def _without_absent_text(self, handler) -> dict:
@@ -115,7 +129,7 @@ class CitationOut(BaseModel):
     def of(cls, citation: Citation) -> CitationOut:
         """The Assistant empties ``text`` for an ask-only caller: the key is left out then."""
         fields = {"n": citation.n, "source": citation.source, "page": citation.page, "heading": citation.heading}
-        return cls(**fields, text=citation.text or None, score=citation.score)
+        return cls(**fields, text=citation.text or None, score=citation.score, kb=citation.kb)
 
 
 class AnswerMessage(BaseModel):
@@ -226,7 +240,7 @@ def chat_completions(request: ChatCompletionRequest, assistant: Caller):
     normal answer with no citations. System messages are not passed to the model (see `messages`)."""
     question, history = conversation(request, assistant.settings.ui)
     completion_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-    items = assistant.stream(question, kb=request.model, history=history)
+    items = assistant.stream(question, kb=request.knowledge_bases or request.model, history=history)
     first = next(items)  # permission, name and model errors surface here, as the response's status
     if not request.stream:
         answer = next(item for item in chain([first], items) if isinstance(item, Answer))
@@ -249,6 +263,8 @@ def chat_completions(request: ChatCompletionRequest, assistant: Caller):
             for item in chain([first], items):
                 if isinstance(item, Waiting):  # an SSE comment: clients skip it, the connection stays alive
                     yield f": waiting for the model, {item.ahead} question(s) ahead\n\n"
+                elif isinstance(item, Indexing):
+                    yield f": waiting for {item.files} file(s) still being indexed\n\n"
                 elif isinstance(item, Answer):
                     yield chunk(Delta(citations=[CitationOut.of(c) for c in item.citations]), "stop")
                 else:

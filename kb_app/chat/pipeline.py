@@ -32,7 +32,14 @@ class Citation:
         score = hit.dense_score if hit.dense_score is not None else hit.score
         c = hit.chunk
         return cls(
-            n=n, source=c.source, page=c.page, text=c.text, score=round(score, 4), heading=c.heading, chunk_id=c.id
+            n=n,
+            source=c.source,
+            page=c.page,
+            text=c.text,
+            score=round(score, 4),
+            heading=c.heading,
+            chunk_id=c.id,
+            kb=hit.kb,
         )
 
 

@@ -20,4 +20,4 @@ class DenseRetriever:
     def retrieve_vector(self, vector: np.ndarray, k: int) -> list[Hit]:
         """For callers that need the query embedding too, so it is computed once."""
         found = self._vectors.query(vector, k)
-        return [Hit(chunk=c, score=c.score, dense_score=c.score) for c in found]
+        return [Hit(chunk=c, score=c.score, dense_score=c.score, dense_rank=n) for n, c in enumerate(found, 1)]

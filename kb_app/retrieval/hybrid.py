@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ingest.embedders import Embedder
@@ -30,25 +32,25 @@ class HybridRetriever:
     def retrieve(self, query: str, k: int) -> list[Hit]:
         fetch = max(self._fetch_k, k)
         fused: dict[str, float] = {}
-        dense_scores: dict[str, float] = {}
-        lexical_scores: dict[str, float] = {}
-        chunks = {}
+        found: dict[str, Hit] = {}  # each chunk's hit from both legs in one: its score and place in each
         query_vector = self._embedder.embed_query(query)
-        legs = (
-            (self._dense.retrieve_vector(query_vector, fetch), dense_scores),
-            (self._lexical.retrieve(query, fetch), lexical_scores),
-        )
-        for hits, scores in legs:
+        for hits in (self._dense.retrieve_vector(query_vector, fetch), self._lexical.retrieve(query, fetch)):
             for rank, hit in enumerate(hits):
                 fused[hit.chunk.id] = fused.get(hit.chunk.id, 0.0) + 1.0 / (self._rrf_k + rank + 1)
-                scores[hit.chunk.id] = hit.score
-                chunks[hit.chunk.id] = hit.chunk
+                found[hit.chunk.id] = _joined(found.get(hit.chunk.id), hit)
         best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
-        dense_scores.update(self._cosines(query_vector, [i for i in best if i not in dense_scores]))
-        return [Hit(chunks[i], fused[i], dense_scores.get(i), lexical_scores.get(i)) for i in best]
+        cosines = self._cosines(query_vector, [i for i in best if found[i].dense_score is None])
+        return [replace(found[i], score=fused[i], dense_score=cosines.get(i, found[i].dense_score)) for i in best]
 
     def _cosines(self, query_vector: np.ndarray, ids: list[str]) -> dict[str, float]:
         """Cosine for hits found only lexically, so refusal judges every hit on one scale."""
         if not ids:
             return {}
         return {cid: float(np.dot(vec, query_vector)) for cid, vec in self._vectors.embeddings(ids).items()}
+
+
+def _joined(dense: Hit | None, lexical: Hit) -> Hit:
+    """One chunk's hit from the dense leg (if it found it) with the lexical leg's score and place added."""
+    if dense is None:
+        return lexical
+    return replace(dense, lexical_score=lexical.lexical_score, lexical_rank=lexical.lexical_rank)

@@ -15,4 +15,5 @@ class LexicalRetriever:
     def retrieve(self, query: str, k: int) -> list[Hit]:
         scored = self._lexical.search(query, k)
         chunks = {c.id: c for c in self._vectors.get([cid for cid, _ in scored])}
-        return [Hit(chunk=chunks[cid], score=s, lexical_score=s) for cid, s in scored if cid in chunks]
+        found = [(chunks[cid], s) for cid, s in scored if cid in chunks]
+        return [Hit(chunk=c, score=s, lexical_score=s, lexical_rank=n) for n, (c, s) in enumerate(found, 1)]

@@ -11,6 +11,7 @@ AnswerHit@1 went from .77 to .945 (zh, with heading paths) and from .80 to .805â
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +32,7 @@ class Reranker(Protocol):
 
 def _reorder(hits: list[Hit], scores: Sequence[float]) -> list[Hit]:
     order = sorted(range(len(hits)), key=lambda i: scores[i], reverse=True)
-    return [Hit(hits[i].chunk, scores[i], hits[i].dense_score, hits[i].lexical_score) for i in order]
+    return [replace(hits[i], score=scores[i], rerank_score=scores[i]) for i in order]
 
 
 def _scaled(values: Sequence[float]) -> list[float]:

@@ -12,6 +12,7 @@ import gradio as gr
 from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
 from kb_app.ui.common import PRIVATE, acting, escape_markdown, problem
+from kb_app.ui.i18n import t
 
 USER_HEADERS = ["user", "admin"]
 GRANT_HEADERS = ["user", "knowledge base", "role"]
@@ -36,29 +37,31 @@ class AdminScreen:
 
     def __init__(self, assistant: Assistant) -> None:
         self.assistant = assistant
-        with gr.Tab("Admin 管理", visible=False, elem_id="admin-tab") as self.tab:
+        with gr.Tab(t("tab.admin"), visible=False, elem_id="admin-tab") as self.tab:
             status = gr.Markdown(elem_id="admin-status")
             with gr.Column(visible=False) as self.users_box:
-                gr.Markdown("### Users 用户")
+                gr.Markdown(t("admin.users"))
                 self.users = gr.Dataframe(headers=USER_HEADERS, value=[], interactive=False, elem_id="users")
                 with gr.Row():
-                    name = gr.Textbox(label="User name 用户名", elem_id="user-name")
-                    password = gr.Textbox(label="Password 密码", type="password", elem_id="user-password")
-                    is_admin = gr.Checkbox(label="Admin 管理员", elem_id="user-admin")
+                    name = gr.Textbox(label=t("admin.user_name"), elem_id="user-name")
+                    password = gr.Textbox(label=t("admin.password"), type="password", elem_id="user-password")
+                    is_admin = gr.Checkbox(label=t("admin.admin"), elem_id="user-admin")
                 with gr.Row():
-                    add = gr.Button("Add user 添加", elem_id="add-user")
-                    remove = gr.Button("Remove user 删除", variant="stop", elem_id="remove-user")
-            gr.Markdown("### Grants 授权")
+                    add = gr.Button(t("admin.add_user"), elem_id="add-user")
+                    remove = gr.Button(t("admin.remove_user"), variant="stop", elem_id="remove-user")
+            gr.Markdown(t("admin.grants"))
             self.grants = gr.Dataframe(headers=GRANT_HEADERS, value=[], interactive=False, elem_id="grants")
             with gr.Row():
-                grantee = gr.Textbox(label="User 用户", elem_id="grant-user")
+                grantee = gr.Textbox(label=t("admin.user"), elem_id="grant-user")
                 self.grant_kb = gr.Dropdown(
-                    choices=[], allow_custom_value=True, label="Knowledge base 知识库", elem_id="grant-kb"
+                    choices=[], allow_custom_value=True, label=t("admin.knowledge_base"), elem_id="grant-kb"
                 )
-                role = gr.Dropdown(choices=ROLE_CHOICES, value=Role.READ.label, label="Role 角色", elem_id="grant-role")
+                role = gr.Dropdown(
+                    choices=ROLE_CHOICES, value=Role.READ.label, label=t("admin.role"), elem_id="grant-role"
+                )
             with gr.Row():
-                grant = gr.Button("Grant 授予", variant="primary", elem_id="grant")
-                revoke = gr.Button("Revoke 撤销", elem_id="revoke")
+                grant = gr.Button(t("admin.grant"), variant="primary", elem_id="grant")
+                revoke = gr.Button(t("admin.revoke"), elem_id="revoke")
 
         users_out = [status, self.users, self.grants, password]
         add.click(self.on_add, inputs=[name, password, is_admin], outputs=users_out, api_name="add_user", **PRIVATE)

@@ -1,4 +1,4 @@
-"""The browser page: one tab per screen (chat, documents, admin); :func:`kb_app.server.build_app` mounts it at
+"""The browser page: one tab per screen (chat, documents, search, admin); :func:`kb_app.server.build_app` mounts it at
 ``/`` behind sign-in.
 
 It is thin: every handler calls the :class:`Assistant` acting for the visitor (:func:`kb_app.ui.common.acting`)
@@ -17,25 +17,32 @@ import gradio as gr
 
 from kb_app.assistant import Assistant
 from kb_app.settings import Settings
+from kb_app.ui import look
 from kb_app.ui.admin import AdminScreen
 from kb_app.ui.chat import ChatScreen
 from kb_app.ui.common import PRIVATE, Screen, acting, problem, signed_in
 from kb_app.ui.documents import DocumentsScreen
+from kb_app.ui.i18n import t
+from kb_app.ui.search import SearchScreen
 
 
 def build_ui(assistant: Assistant, uploads: Path) -> gr.Blocks:
     """The page over ``assistant``; files dropped on it arrive in ``uploads`` and are deleted once ingested."""
     with gr.Blocks(title="kb — private knowledge base") as demo:
-        with gr.Row():
-            gr.Markdown(
-                "## kb · 私有知识库问答 — private knowledge base\nAnswers come only from your documents, "
-                "on this machine. 回答仅来自你上传的文档，全部在本机运行。"
-            )
+        with gr.Row(elem_id="header"):
+            with gr.Column(scale=4):
+                gr.Markdown(t("app.title"))
+                gr.Markdown(t("app.tagline"))
             who = gr.HTML(visible=False, elem_id="signed-in")
+            language = gr.Button(t("app.language"), size="sm", elem_id="language", elem_classes="switch")
+            theme = gr.Button(t("app.theme"), size="sm", elem_id="theme", elem_classes="switch")
+        language.click(None, js=look.SWITCH_LANGUAGE)
+        theme.click(None, js=look.SWITCH_THEME)
         with gr.Tabs():
             screens: list[Screen] = [
                 ChatScreen(assistant),
                 DocumentsScreen(assistant, uploads),
+                SearchScreen(assistant),
                 AdminScreen(assistant),
             ]
 
