@@ -9,9 +9,9 @@ same content. A copy no manifest row names any more is removed by :meth:`Origina
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,15 +28,23 @@ class Originals:
             raise ValueError(f"not a sha256 digest: {sha256[:80]!r}")
         return self.directory / sha256
 
-    def keep(self, path: Path, sha256: str) -> Path:
-        """Keep a copy of ``path`` (whose content hashes to ``sha256``); an existing copy is left as it is."""
+    def keep(self, path: Path, sha256: str) -> Path | None:
+        """Keep a copy of ``path`` if its content still hashes to ``sha256`` (hashed as it is copied: the file may
+        have changed since it was read, and a copy must show what the chunks came from); None if it does not. An
+        existing copy is left as it is."""
         target = self._where(sha256)
         if target.is_file():
             return target
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.directory / f".{sha256}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        digest = hashlib.sha256()
         try:
-            shutil.copyfile(path, tmp)
+            with Path(path).open("rb") as source, tmp.open("wb") as copy:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+                    copy.write(block)
+            if digest.hexdigest() != sha256:
+                return None
             tmp.chmod(0o600)
             tmp.replace(target)
         finally:

@@ -11,6 +11,7 @@ its row is committed, for the page's citation viewer, downloads and re-indexing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Iterator
@@ -258,9 +259,10 @@ class Ingestor:
             raise DocumentReadError(f"{source}: not a regular file")
         resolved, size, mtime = path_text(path), stat.st_size, stat.st_mtime
         previous = manifest.get(source)
+        too_big = size > self._registry.max_file_mb * 1024 * 1024  # the parser reports it; no point hashing it
         if force:
             recorded = (previous.path, previous.mtime) if previous else (resolved, mtime)
-            sha256 = file_sha256(path) if size <= self._registry.max_file_mb * 1024 * 1024 else ""
+            sha256 = "" if too_big else file_sha256(path)
             return _Job(index, path, source, sha256, size, mtime, previous, notes, recorded)
         same_stat = previous is not None and (previous.path, previous.size, previous.mtime) == (resolved, size, mtime)
         if previous and previous.status == "done" and same_stat:
@@ -271,7 +273,6 @@ class Ingestor:
             retry_failed = bool(self._settings.password) and "password" in previous.error.lower()
         if previous and previous.status == "failed" and same_stat and not retry_failed:
             return FileOutcome(source, "failed", reason=previous.error)
-        too_big = size > self._registry.max_file_mb * 1024 * 1024  # the parser reports it; no point hashing it
         sha256 = "" if too_big else file_sha256(path)
         if previous and previous.status == "done" and previous.sha256 == sha256:
             manifest.touch(source, resolved, mtime)
@@ -361,17 +362,12 @@ class Ingestor:
             self._kb.prune_originals()
 
     def _keep_original(self, path: Path, sha256: str) -> None:
-        """Keep a copy of a stored file (``ingest.keep_originals``), checked against the hash it was stored
-        under: the file may have changed since it was read, and a copy must show what the chunks came from."""
+        """Keep a copy of a stored file (``ingest.keep_originals``) if it still has the content it was stored as."""
         originals = self._kb.originals
         if not self._settings.keep_originals or not sha256 or originals.path(sha256) is not None:
             return
-        try:
-            kept = originals.keep(path, sha256)
-            if file_sha256(kept) != sha256:
-                kept.unlink(missing_ok=True)
-        except OSError:  # gone or unreadable since it was read: the page offers no copy of this one
-            return
+        with contextlib.suppress(OSError):  # gone or unreadable since it was read: the page offers no copy of it
+            originals.keep(path, sha256)
 
     def _own_ids(self, source: str, sha256: str, chunks: list[Chunk]) -> list[Chunk]:
         """Chunk ids are derived from (name, content); a renamed file keeps its old ids, so a new file under its

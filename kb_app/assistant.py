@@ -407,12 +407,7 @@ class Assistant:
         return self._parts.ingest_queue.put([task])[0]
 
     def _original(self, knowledge_base: KnowledgeBase, source: str) -> Path:
-        record = knowledge_base.manifest.get(source)
-        if record is None or record.status == "failed":
-            raise DocumentNotFoundError(
-                f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
-            )
-        kept = knowledge_base.originals.path(record.sha256)
+        kept = knowledge_base.originals.path(_stored(knowledge_base, source).sha256)
         if kept is None:
             raise DocumentNotFoundError(
                 f"no copy of '{source}' is kept",
@@ -474,11 +469,7 @@ class Assistant:
     def chunks(self, source: str, kb: str | None = None) -> list[StoredChunk]:
         """Every chunk ``source`` was indexed as, in the file's order (page, then offset): needs ``read``."""
         knowledge_base = self.knowledge_base(kb, create=False, need=Role.READ)
-        record = knowledge_base.manifest.get(source)
-        if record is None or record.status == "failed":
-            raise KbError(
-                f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
-            )
+        record = _stored(knowledge_base, source)
         return sorted(knowledge_base.vectors.get(record.chunk_ids), key=lambda c: (c.page or 0, c.start))
 
     def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
@@ -596,6 +587,16 @@ class Assistant:
 
 
 MAX_CHUNK_ID_CHARS = 200
+
+
+def _stored(knowledge_base: KnowledgeBase, source: str) -> FileRecord:
+    """The manifest row of a file ``knowledge_base`` holds (not one that failed); refused by name otherwise."""
+    record = knowledge_base.manifest.get(source)
+    if record is None or record.status == "failed":
+        raise DocumentNotFoundError(
+            f"'{source}' is not in the knowledge base '{knowledge_base.name}'", "`kb files` lists what is there"
+        )
+    return record
 
 
 def _cited_chunk(knowledge_base: KnowledgeBase, chunk_id: str) -> StoredChunk:

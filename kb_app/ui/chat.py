@@ -24,7 +24,7 @@ from kb_app.errors import ConversationNotFoundError, KbError, LimitExceededError
 from kb_app.ingest_queue import Indexing
 from kb_app.language import detect_language
 from kb_app.ui.citation_panel import CitationPanel, cite_link, link_markers
-from kb_app.ui.common import PRIVATE, acting, escape_markdown, knowledge_bases, neutralise, problem
+from kb_app.ui.common import PRIVATE, acting, escape_markdown, knowledge_bases, neutralise, picked, problem
 from kb_app.ui.i18n import t
 
 SOURCES_RULE = "\n\n---\n"  # separates an answer from its sources in the chat
@@ -102,13 +102,6 @@ def export_link(conversation_id: str | None) -> str:
         return ""
     href = html.escape(f"/api/conversations/{quote(conversation_id, safe='')}.md")
     return f'<a href="{href}" download id="export-link">⬇ Export as Markdown 导出为 Markdown</a>'
-
-
-def picked(kbs: str | list[str] | None) -> list[str]:
-    """The picker's value as a list (a script may send one name)."""
-    if not kbs:
-        return []
-    return [kbs] if isinstance(kbs, str) else list(kbs)
 
 
 def continued(me: Assistant, kept: str | None, kbs: list[str]) -> Conversation:

@@ -84,6 +84,13 @@ def knowledge_bases(me: Assistant) -> tuple[list[str], str | None]:
     return visible, visible[0] if visible else None
 
 
+def picked(kbs: str | list[str] | None) -> list[str]:
+    """A multiselect picker's value as a list (a script may send one name)."""
+    if not kbs:
+        return []
+    return [kbs] if isinstance(kbs, str) else list(kbs)
+
+
 def signed_in(me: Assistant) -> dict:
     """Who is signed in and a button that ends the session (``POST /logout``); nothing when auth is off."""
     if not me.settings.auth.enabled:

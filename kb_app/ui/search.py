@@ -16,7 +16,7 @@ from kb_app.access.roles import Role
 from kb_app.assistant import Assistant
 from kb_app.errors import KbError, LimitExceededError
 from kb_app.retrieval.base import Hit
-from kb_app.ui.common import PRIVATE, acting, escape_markdown, knowledge_bases, problem
+from kb_app.ui.common import PRIVATE, acting, escape_markdown, knowledge_bases, picked, problem
 from kb_app.ui.i18n import t
 
 MAX_RESULTS = 50  # passages one search may ask for, whatever a crafted request sends
@@ -29,11 +29,6 @@ def readable(me: Assistant) -> tuple[list[str], list[str]]:
     visible, default = knowledge_bases(me)
     choices = [kb for kb in visible if (me.role(kb) or 0) >= Role.READ]
     return choices, [default] if default in choices else choices[:1]
-
-
-def picked(kbs: list[str] | str | None) -> list[str]:
-    """The picker's value as a list of names (a crafted request may send one name); the Assistant checks them."""
-    return [kbs] if isinstance(kbs, str) else list(kbs or [])
 
 
 def quoted(text: str) -> str:
