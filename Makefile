@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/retrieval.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,13 +1,16 @@
-"""Ingest benchmark: how close ingestion gets to the cost of embedding alone.
+"""Ingest benchmark: ingestion, with its embedding workers, against embedding alone in one process.
 
-    .venv/bin/python bench/ingest.py              # all of ../shared/eval/zh_docs (~10 min, 2 cores)
-    .venv/bin/python bench/ingest.py --files 100  # the first 100 files, for a quick look
+    .venv/bin/python bench/ingest.py                    # all of ../shared/eval/zh_docs (~10 min, 2 cores)
+    .venv/bin/python bench/ingest.py --files 100        # the first 100 files, for a quick look
+    .venv/bin/python bench/ingest.py --embed-workers 1  # embedding in the app process, as before the pool
 
-Ingests the documents into a fresh temporary KB_HOME with the configured splitter and embedder, then embeds
-the very same chunks again with the same embedder and nothing else. Embedding is the unavoidable cost, so
-ingest time / embed-only time says what everything else (loading, splitting, Chroma, BM25, manifest) adds.
-CPU time of this process is shown beside it: other work on the machine skews it less.
-Exits 1 when the wall-clock ratio is above the target (1.3).
+Ingests the documents into a fresh temporary KB_HOME with the configured splitter and embedder, embedding in
+``embedding.workers`` processes (0: automatic; started and warm before the clock starts, as they stay between
+ingests in the app), then embeds the very same chunks again, in the same batches, with the same embedder in this
+process and nothing else: the single-process cost of embedding. Ingest time / embed-only time below 1 is what the
+workers win back beyond everything else (loading, splitting, Chroma, BM25, manifest) ingestion adds.
+CPU time (this process and its children: the parser and embedding workers) is shown beside it.
+Exits 1 when the wall-clock ratio is above the target (0.6).
 """
 
 from __future__ import annotations
@@ -21,15 +24,31 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ingest.embed_pool import shared_embed_pool  # noqa: E402
 from ingest.pipeline import EMBED_BATCH  # noqa: E402
 from kb_app.assistant import Assistant  # noqa: E402
 from kb_app.settings import load_settings  # noqa: E402
 
 DOCS = ROOT.parent / "shared" / "eval" / "zh_docs"
-TARGET_RATIO = 1.3
+TARGET_RATIO = 0.6
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its live descendants (workers are kept, so never reaped and counted)."""
+    me = psutil.Process()
+    total = time.process_time()
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=None, help="only the first N files (sorted by name)")
     parser.add_argument("--chunk-size", type=int, default=None, help="splitter.chunk_size (default: settings)")
     parser.add_argument("--chunk-overlap", type=int, default=None, help="splitter.chunk_overlap")
+    parser.add_argument("--embed-workers", type=int, default=None, help="embedding.workers (default: settings)")
     args = parser.parse_args(argv)
 
     files = sorted(p for p in args.docs.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -47,18 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(
             home=home,
             kb="bench",
-            **{"splitter.chunk_size": args.chunk_size, "splitter.chunk_overlap": args.chunk_overlap},
+            **{
+                "splitter.chunk_size": args.chunk_size,
+                "splitter.chunk_overlap": args.chunk_overlap,
+                "embedding.workers": args.embed_workers,
+            },
         )
         assistant = Assistant(settings)
         started = time.perf_counter()
         embedder = assistant.embedder
         assistant.knowledge_base("bench")  # Chroma client and empty stores: not part of the per-file cost
+        pool = shared_embed_pool(settings.embedding)
+        if pool is not None:
+            pool.start()  # the app keeps its embedding workers between ingests: not part of the per-file cost
+        workers = f"{pool.size} processes" if pool is not None else "1 (in this process)"
         setup = time.perf_counter() - started
 
         load_before = os.getloadavg()[0]
-        started, cpu = time.perf_counter(), time.process_time()
+        started, cpu = time.perf_counter(), cpu_seconds()
         report = assistant.ingest(files, kb="bench")
-        ingest_s, ingest_cpu = time.perf_counter() - started, time.process_time() - cpu
+        ingest_s, ingest_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         if report.failed:
             print(f"{len(report.failed)} files failed, e.g. {report.failed[0].reason}")
             return 2
@@ -86,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ingest_s / embed_s
     print(
         f"\n{args.docs} ({len(files)} files), chunk_size {settings.splitter.chunk_size}, "
-        f"overlap {settings.splitter.chunk_overlap}, embedder {embedder.name}; setup {setup:.1f} s"
+        f"overlap {settings.splitter.chunk_overlap}, embedder {embedder.name}, embedding workers {workers}; "
+        f"setup {setup:.1f} s"
     )
     rows = [
         ("files", f"{len(files)}"),
@@ -97,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         ("files/s", f"{len(files) / ingest_s:.2f}"),
         ("MB/s", f"{megabytes / ingest_s:.4f}"),
         ("chunks/s", f"{chunks / ingest_s:.2f}"),
-        ("embed the same chunks only (s)", f"{embed_s:.1f}"),
+        ("embedding workers", workers),
+        ("embed the same chunks only, one process (s)", f"{embed_s:.1f}"),
         ("ingest / embed-only", f"{ratio:.3f} (target <= {TARGET_RATIO})"),
-        ("same, CPU time of this process", f"{ingest_cpu:.1f} s / {embed_cpu:.1f} s = {ingest_cpu / embed_cpu:.3f}"),
+        ("same, CPU time with children", f"{ingest_cpu:.1f} s / {embed_cpu:.1f} s = {ingest_cpu / embed_cpu:.3f}"),
         ("re-ingest, all unchanged (s)", f"{unchanged_s:.2f}"),
     ]
     print("| measure | value |\n|---|---|")
@@ -108,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if max(load_before, load_after) > (os.cpu_count() or 2) + 0.5:
         print(
             f"warning: load average {load_before:.1f} / {load_after:.1f} on {os.cpu_count()} cores: other work "
-            "skews the wall-clock ratio; the CPU-time ratio is the steadier one"
+            "skews the wall-clock ratio"
         )
+    verdict = f"ingestion takes {ratio:.2f}x the time of embedding alone in one process (target <= {TARGET_RATIO})"
     if ratio > TARGET_RATIO:
-        print(f"\nMISSED: ingestion costs {ratio:.2f}x the embedding alone (target <= {TARGET_RATIO})")
+        print(f"\nMISSED: {verdict}")
         return 1
-    print(f"\ningestion is within {TARGET_RATIO}x of the embedding alone")
+    print(f"\n{verdict}")
     return 0
 
 

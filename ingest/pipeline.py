@@ -1,10 +1,13 @@
 """The ingest pipeline: load → split → embed → store, file by file, reporting every skip by name.
 
 Files are parsed and split in worker processes (``ingest.workers``, ``ingest.parse``) with a time and memory limit and
-per-file caps on text and chunks, while the files before them are embedded here. Unchanged files (same size and mtime,
-else same sha256) are skipped without parsing; a file whose content is already stored under a name whose file is gone
-was moved, and is renamed without embedding; a copy of a stored file reuses its vectors. Every file that cannot be read
-is reported by name with the reason and recorded in the manifest as ``failed``; the rest of the batch always lands.
+per-file caps on text and chunks, while the files before them are embedded: in embedding worker processes
+(``ingest.embed_pool``, ``embedding.workers``), which work on the next files while this process writes the previous
+ones, or here. Writes, manifest rows and progress still come file by file, in order. Unchanged files (same size and
+mtime, else same sha256) are skipped without parsing; a file whose content is already stored under a name whose file
+is gone was moved, and is renamed without embedding; a copy of a stored file reuses its vectors. Every file that
+cannot be read is reported by name with the reason and recorded in the manifest as ``failed``; the rest of the batch
+always lands.
 With ``ingest.keep_originals`` a copy of each stored file is kept in the knowledge base (``ingest.originals``), once
 its row is committed, for the page's citation viewer, downloads and re-indexing.
 """
@@ -14,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ingest.embed_pool import EmbedPool, InProcess
 from ingest.embedders import Embedder
 from ingest.errors import DocumentReadError, KbError
 from ingest.knowledge_base import KnowledgeBase
@@ -31,7 +36,7 @@ from ingest.parse import FileParser, ParsedFile
 from ingest.settings import IngestSettings
 from ingest.splitter import Splitter, chunk_id
 from ingest.types import Chunk
-from ingest.workers import shared_pool
+from ingest.workers import TaskResult, shared_pool
 
 EMBED_BATCH = 16
 WRITE_BATCH_CHUNKS = 512  # chunks written to the stores together, at most (ingest.write_batch_files: files)
@@ -147,6 +152,44 @@ class _Queued:
 
 
 @dataclass
+class _Embedding:
+    """A parsed file (or its parse error) whose batches of chunks are being embedded, waiting for its turn to be
+    written; ``reported`` counts the batches whose progress was shown (-1: not even its start)."""
+
+    job: _Job
+    step: Callable[[float], None]
+    parsed: TaskResult
+    batches: list = field(default_factory=list)  # futures of EMBED_BATCH chunks each
+    reported: int = -1
+
+    def outstanding(self) -> int:
+        return sum(not batch.done() for batch in self.batches)
+
+    def report(self) -> None:
+        """Progress for the batches done so far, in order."""
+        if self.reported < 0:
+            self.step(0.0)
+            self.reported = 0
+        total = len(self.parsed.value.chunks) if self.batches else 1
+        while self.reported < len(self.batches) and self.batches[self.reported].done():
+            self.reported += 1
+            self.step(0.95 * min(self.reported * EMBED_BATCH, total) / total)
+
+    def finished(self) -> bool:
+        return self.parsed.error is not None or self.reported == len(self.batches)
+
+    def wait(self) -> None:
+        """Until its next batch is embedded (or failed: the error comes out when the file is written)."""
+        with contextlib.suppress(KbError):
+            self.batches[self.reported].result()
+        self.report()
+
+    def cancel(self) -> None:
+        for batch in self.batches:
+            batch.cancel()
+
+
+@dataclass
 class _Job:
     """A file that has to be parsed, with what the check found out about it."""
 
@@ -169,10 +212,14 @@ class Ingestor:
         embedder: Embedder,
         kb: KnowledgeBase,
         settings: IngestSettings,
+        embed_pool: EmbedPool | None = None,
     ) -> None:
+        """``embed_pool`` (``ingest.embed_pool.shared_embed_pool``) embeds passages in worker processes, each with
+        its own copy of ``embedder``'s model; without it ``embedder`` embeds them here."""
         self._registry = registry
         self._splitter = splitter
         self._embedder = embedder
+        self._embed_pool = embed_pool
         self._kb = kb
         self._settings = settings
         self._batch: list[_Queued] = []
@@ -227,24 +274,31 @@ class Ingestor:
         results = pool.map(
             parse, [(job.path, job.source) for job in jobs], [job.source for job in jobs], self._settings.timeout_s
         )
+        embedding = self._embed_pool or InProcess(self._embedder)
+        waiting: deque[_Embedding] = deque()  # parsed, in file order, their batches submitted
         try:
             for k, job in enumerate(jobs):
 
                 def step(fraction: float, k: int = k, job: _Job = job) -> None:
                     progress((first + k + fraction) / total, f"{job.source} ({first + k + 1}/{len(todo)})")
 
-                step(0.0)  # before waiting for its parse, so a long OCR shows the right name
-                result = next(results)
-                if result.error is not None:
-                    outcomes[job.index] = self._failed(job, result.error)
-                    continue
-                try:
-                    outcomes[job.index] = self._ingest_parsed(job, result.value, step)
-                except KbError as exc:
-                    outcomes[job.index] = self._failed(job, exc)
+                self._land(waiting, embedding.ahead, outcomes)
+                if not waiting:
+                    step(0.0)  # before waiting for its parse, so a long OCR shows the right name
+                item = _Embedding(job, step, next(results), reported=-1 if waiting else 0)
+                if item.parsed.error is None:
+                    texts = [c.indexed_text for c in item.parsed.value.chunks]
+                    item.batches = [
+                        embedding.submit(texts[start : start + EMBED_BATCH], job.source)
+                        for start in range(0, len(texts), EMBED_BATCH)
+                    ]
+                waiting.append(item)
+            self._land(waiting, -1, outcomes)
             self._flush()
         finally:
             results.close()
+            for item in waiting:  # an error stopped the ingest: what is still queued for embedding is dropped
+                item.cancel()
             self._batch = []  # an error from a store: nothing queued was written, nothing of it is in the manifest
         progress(1.0, "done")
         return IngestReport(files=[o for o in outcomes if o is not None], seconds=time.perf_counter() - started)
@@ -306,15 +360,33 @@ class Ingestor:
             reason += "; what was stored from it before was removed"
         return FileOutcome(source, "failed", reason=reason)
 
-    def _ingest_parsed(self, job: _Job, parsed: ParsedFile, step) -> FileOutcome:
-        chunks = parsed.chunks
-        vectors = []
-        for start in range(0, len(chunks), EMBED_BATCH):
-            vectors.extend(self._embedder.embed_passages([c.indexed_text for c in chunks[start : start + EMBED_BATCH]]))
-            step(0.95 * min(start + EMBED_BATCH, len(chunks)) / len(chunks))
+    def _land(self, waiting: deque[_Embedding], ahead: int, outcomes: list[FileOutcome | None]) -> None:
+        """Write the files at the head of ``waiting`` whose vectors are all in, in order, waiting for the head's
+        batches while more than ``ahead`` batches are outstanding (-1: until every file is written)."""
+        while waiting:
+            head = waiting[0]
+            head.report()
+            if head.finished():
+                waiting.popleft()
+                outcomes[head.job.index] = self._embedded(head)
+            elif sum(item.outstanding() for item in waiting) > ahead:
+                head.wait()
+            else:
+                return
+
+    def _embedded(self, item: _Embedding) -> FileOutcome:
+        job, result = item.job, item.parsed
+        if result.error is not None:
+            return self._failed(job, result.error)
+        try:
+            return self._ingest_parsed(job, result.value, np.vstack([batch.result() for batch in item.batches]))
+        except KbError as exc:
+            return self._failed(job, exc)
+
+    def _ingest_parsed(self, job: _Job, parsed: ParsedFile, vectors: np.ndarray) -> FileOutcome:
         job.sha256, job.size = parsed.sha256, parsed.size
         status = "replaced" if job.previous and job.previous.status == "done" else "added"
-        return self._write(job, chunks, np.vstack(vectors), job.notes + parsed.notes, status)
+        return self._write(job, parsed.chunks, vectors, job.notes + parsed.notes, status)
 
     def _write(self, job: _Job, chunks: list[Chunk], vectors: np.ndarray, notes: list[str], status: str) -> FileOutcome:
         """Queue one file's chunks for the next batched write (see :meth:`_flush`)."""

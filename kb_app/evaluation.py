@@ -8,6 +8,12 @@ holding the answer without its ``.txt``. The run file written here is the one ``
 Metrics follow ``score.py``: answer metrics (AnswerHit@k, Contains) are counted over answerable rows only,
 document metrics (DocRecall@k, MRR@10) over every row. AnswerHit grows with chunk size, so the mean chunk
 length is reported with it.
+
+``exclude_gold`` (``kb eval --exclude-gold``) turns any QA set into an unanswerable one, the way RGB measures
+negative rejection: each question is asked as if the knowledge base held every document except its own gold
+one (``doc_id``), so a correct system refuses. The one knowledge base of all documents is kept; each question's
+retrieval leaves the gold document's chunks out (``kb_app.retrieval.excluding``). Every row then counts as
+unanswerable: the score is abstention (refused / total), and DocRecall stays 0 when nothing leaked.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import statistics
 import time
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,8 @@ from kb_app.chat.citations import strip_markers
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.errors import DocumentError
 from kb_app.language import Language, detect_language
-from kb_app.retrieval.base import Hit
+from kb_app.retrieval.base import Hit, Retriever
+from kb_app.retrieval.excluding import ExcludingRetriever
 from kb_app.settings import RetrievalSettings
 
 CUTOFFS: tuple[int, ...] = (1, 3, 5, 10)
@@ -160,6 +167,25 @@ def max_dense(hits: Sequence[Hit]) -> float | None:
     return max(scores) if scores else None
 
 
+def gold_hidden(assistant: Assistant, kb: str, rows: Sequence[QARow]) -> Callable[[Retriever, QARow], Retriever]:
+    """For ``exclude_gold``: wraps a retriever so that it leaves out the row's gold document (every file whose
+    ``doc_id`` is the row's). A ``doc_id`` naming no ingested file fails: that question would not be negative."""
+    files: dict[str, list[tuple[str, int]]] = {}
+    for record in assistant.files(kb):
+        files.setdefault(doc_id(record.source), []).append((record.source, len(record.chunk_ids)))
+    if missing := sorted({r.doc_id for r in rows} - set(files)):
+        raise DocumentError(
+            f"--exclude-gold: {len(missing)} doc_id(s) name no ingested file, e.g. {missing[0]!r}",
+            "each question's doc_id must be the name (without .txt) of a file in the documents folder",
+        )
+
+    def hide(retriever: Retriever, row: QARow) -> Retriever:
+        gold = files[row.doc_id]
+        return ExcludingRetriever(retriever, [source for source, _ in gold], sum(n for _, n in gold))
+
+    return hide
+
+
 def run_questions(
     assistant: Assistant,
     rows: Sequence[QARow],
@@ -168,15 +194,18 @@ def run_questions(
     generate: int = 0,
     k: int = RETRIEVE_K,
     show_progress: bool = True,
+    exclude_gold: bool = False,
 ) -> list[RunRow]:
-    """Retrieve the top ``k`` for every question; for the first ``generate`` also answer with the pipeline."""
+    """Retrieve the top ``k`` for every question; for the first ``generate`` also answer with the pipeline, from
+    the same retriever. ``exclude_gold``: each question's retrieval leaves its gold document out."""
     retrieval = retrieval_settings(assistant, mode)
-    retriever = assistant.retriever(kb, retrieval)
-    pipeline = assistant.pipeline(kb, retrieval) if generate else None
+    configured = assistant.retriever(kb, retrieval)
+    per_question = gold_hidden(assistant, kb, rows) if exclude_gold else lambda retriever, row: retriever
     refusals = {PromptBuilder(assistant.settings.prompts_dir).refusal(lang) for lang in ("zh", "en")}
     results = []
     label = f"{kb} {retrieval.mode}"
     for i, row in enumerate(tqdm(rows, desc=label, unit="q", disable=not show_progress)):
+        retriever = per_question(configured, row)
         started = time.perf_counter()
         hits = retriever.retrieve(row.question, max(k, retrieval.top_k))
         seconds = time.perf_counter() - started
@@ -194,8 +223,8 @@ def run_questions(
             max_dense=max_dense(hits[: retrieval.top_k]),
             seconds=seconds,
         )
-        if pipeline is not None and i < generate:
-            answer = pipeline.ask(row.question)
+        if i < generate:
+            answer = assistant.pipeline(kb, retrieval, retriever).ask(row.question)
             result.answer = strip_markers(answer.text)
             result.refused = answer.refused or any(r in answer.text for r in refusals)
         results.append(result)
@@ -284,16 +313,21 @@ def evaluate(
     k: int = RETRIEVE_K,
     ingest: bool = True,
     show_progress: bool = True,
+    exclude_gold: bool = False,
 ) -> EvalResult:
-    """Ingest ``docs_dir`` into ``kb`` if needed, run every question of ``qa_path``, score, write the run."""
+    """Ingest ``docs_dir`` into ``kb`` if needed, run every question of ``qa_path``, score, write the run.
+
+    ``exclude_gold``: every question without its gold document, scored as unanswerable (module docstring)."""
     rows = read_qa(Path(qa_path))
     language = language or guess_language(rows)
     if ingest:
         ensure_ingested(assistant, Path(docs_dir), kb, show_progress)
-    results = run_questions(assistant, rows, kb, mode, generate, k, show_progress)
+    results = run_questions(assistant, rows, kb, mode, generate, k, show_progress, exclude_gold)
     retrieval = retrieval_settings(assistant, mode)
     threshold = assistant.settings.refusal.min_dense_score.get(language)
-    metrics = compute_metrics(rows, results, language, threshold, chunk_lengths(assistant, kb))
+    scored = [replace(r, answers=[]) for r in rows] if exclude_gold else rows
+    metrics = compute_metrics(scored, results, language, threshold, chunk_lengths(assistant, kb))
     if run_path is not None:
         write_run(Path(run_path), results)
-    return EvalResult(name=Path(qa_path).stem, mode=retrieval.mode, metrics=metrics, rows=results, run_path=run_path)
+    name = f"{Path(qa_path).stem} without gold" if exclude_gold else Path(qa_path).stem
+    return EvalResult(name=name, mode=retrieval.mode, metrics=metrics, rows=results, run_path=run_path)

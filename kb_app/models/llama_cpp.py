@@ -187,15 +187,15 @@ class LlamaCppModel:
     def reply_start_logprobs(self, messages: list[Message], choices: Sequence[Sequence[str]]) -> list[float]:
         """Evaluates the prompt once and reads the last position's logits (no ``logits_all`` needed).
 
-        The prompt's tokens stay in the context, so an answer that starts with the same system message reuses them.
+        The prompt's tokens stay in the context, so the answer after it (same system message, passages and
+        question) evaluates only its last lines.
         """
         import llama_cpp
 
         tokens = self._prompt_tokens(messages)
         groups = [first_token_ids(words, self._encode_plain) for words in choices]
         with self._lock:
-            self._llm.reset()
-            self._llm.eval(tokens)
+            self._evaluate(tokens)
             pointer = llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1)
             logits = np.ctypeslib.as_array(pointer, shape=(self._llm.n_vocab(),)).copy()
         return choice_logprobs(logits, groups)
@@ -213,8 +213,7 @@ class LlamaCppModel:
                 "raise llm.n_ctx, or shorten the passages (splitter.chunk_size)",
             )
         with self._lock:
-            self._llm.reset()
-            self._llm.eval(head[:-1])
+            self._evaluate(head[:-1])
             n_past = self._llm.n_tokens
             self._llm._batch.set_batch(batch=window, n_past=n_past, logits_all=True)
             self._llm._ctx.decode(self._llm._batch)
@@ -223,6 +222,16 @@ class LlamaCppModel:
             shape = (len(window), self._llm.n_vocab())
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._llm._ctx.ctx), shape=shape).copy()
         return mean_token_logprob(logits, tail)
+
+    def _evaluate(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after the longest prefix the context already holds, as llama-cpp-python's own
+        generation does: the system message (and a question's passages, between the judge and the answer) are read
+        once. The last token is always evaluated, since its logits are what the caller reads."""
+        llm = self._llm
+        n = max(0, min(llm.n_tokens, len(tokens) - 1))
+        same = np.asarray(llm.input_ids[:n]) == np.asarray(tokens[:n], dtype=llm.input_ids.dtype)
+        llm.n_tokens = n if bool(same.all()) else int(same.argmin())
+        llm.eval(tokens[llm.n_tokens :])
 
     def _prompt_tokens(self, messages: list[Message]) -> list[int]:
         """The prompt as kb's template writes it, tokenized like llama-cpp-python's chat handler does."""
