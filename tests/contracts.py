@@ -83,18 +83,24 @@ class ChatModelContract:
 
     def test_probabilities_do_not_depend_on_what_was_read_before(self, model: ChatModel) -> None:
         """A backend that reuses the evaluated prefix of the previous prompt (the system message, a question's
-        passages) must read the same probabilities as a fresh context would."""
+        passages) must read exactly the numbers a fresh context would: a refusal must not depend on the question
+        asked before it. The prompts are a few hundred tokens, so that a prefix is long enough to be reused."""
         if not (model.reads_first_token_logprobs and model.scores_replies):
             pytest.skip("this backend declares it cannot read token probabilities")
         first = self._answer(model, max_tokens=1)
-        fresh = model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]])
-        reply = model.reply_logprob(self.ASK, "hello there")
-        sibling: list[Message] = [*self.ASK[:-1], {"role": "user", "content": self.ASK[-1]["content"] + " Why?"}]
-        model.reply_start_logprobs(sibling, [[first]])  # shares all but the end with ASK
-        assert model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]]) == pytest.approx(fresh, abs=1e-4)
+        *head, last = self.ASK
+        background = " ".join(f"line {i} of the background." for i in range(60))
+        ask: list[Message] = [*head, {"role": "user", "content": f"{background}\n{last['content']}"}]
+        sibling: list[Message] = [*head, {"role": "user", "content": f"{background}\n{last['content']} Why?"}]
+        fresh = model.reply_start_logprobs(ask, [[first], [UNLIKELY]])
+        reply = model.reply_logprob(ask, "hello there")
+        model.reply_start_logprobs(sibling, [[first]])  # shares all but the end with ask
+        assert model.reply_start_logprobs(ask, [[first], [UNLIKELY]]) == fresh
+        assert model.reply_start_logprobs(ask, [[first], [UNLIKELY]]) == fresh  # all of it held already
         model.reply_logprob(sibling, "hello there")
-        assert model.reply_logprob(self.ASK, "hello there") == pytest.approx(reply, abs=1e-4)
-        assert model.reply_start_logprobs(self.ASK, [[first], [UNLIKELY]]) == pytest.approx(fresh, abs=1e-4)
+        assert model.reply_logprob(ask, "hello there") == reply
+        self._answer(model)  # a generation in between, which reuses the context its own way
+        assert model.reply_start_logprobs(ask, [[first], [UNLIKELY]]) == fresh
 
     def test_own_reply_scores_highest(self, model: ChatModel) -> None:
         if not model.scores_replies:

@@ -103,14 +103,16 @@ def test_a_batch_that_kills_every_worker_fails_naming_its_file(fake_pool: EmbedP
 
 
 def test_close_stops_the_workers_and_cancels_what_is_queued(tmp_path: Path) -> None:
+    others = set(threading.enumerate())  # other tests' pools may still run
     pool = EmbedPool(EmbeddingSettings(), 2, build=doomed)
     assert pool.submit(["warm"], "a.txt").result(timeout=60).shape == (1, 8)
     pids = pool.pids()
+    assert len([t for t in set(threading.enumerate()) - others if t.name.startswith("kb-embed-")]) == 2
     queued = [pool.submit([f"text {i}"], "b.txt") for i in range(200)]
     pool.close()
     assert all(f.done() for f in queued) and any(f.cancelled() for f in queued)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-    assert not [t for t in threading.enumerate() if t.name.startswith("kb-embed-")]
+    assert not [t for t in set(threading.enumerate()) - others if t.name.startswith("kb-embed-")]
     assert pool.pids() == []
 
 

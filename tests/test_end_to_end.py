@@ -69,7 +69,7 @@ def test_question_outside_the_knowledge_base_is_refused(assistant: Assistant) ->
 
 def test_the_model_check_reads_the_passages(assistant: Assistant) -> None:
     """refusal.check model: the model's yes-over-no drops when the passages do not hold the answer, and the
-    calibrated threshold decides on that number alone."""
+    calibrated threshold decides on that number alone, the same whatever the model read before it."""
     question = "What main components does LangChain have?"
     prompts = PromptBuilder(assistant.settings.prompts_dir)
     relevant = assistant.search(question, k=3)
@@ -78,6 +78,7 @@ def test_the_model_check_reads_the_passages(assistant: Assistant) -> None:
     measure = ModelCheck(SimilarityCheck({}), assistant.model, prompts, {})
     odds = measure.log_odds(question, relevant, "en")
     assert odds > measure.log_odds(question, unrelated, "en") + 0.25  # 0.59 measured: a small model, a small margin
+    assert measure.log_odds(question, relevant, "en") == odds
     for threshold, passes in ((odds - 0.01, True), (odds + 0.01, False)):
         check = ModelCheck(SimilarityCheck({"en": 0.0}), assistant.model, prompts, {"en": threshold})
         assert check.sufficient(question, relevant, "en") is passes
