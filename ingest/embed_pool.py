@@ -14,7 +14,6 @@ and are stopped at exit.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import queue
@@ -31,7 +30,7 @@ import numpy as np
 from ingest.embedders import Embedder, build_embedder
 from ingest.errors import KbError, ModelError
 from ingest.settings import EmbeddingSettings
-from ingest.workers import _context, _describe_exit, _die_with_parent, _error_from
+from ingest.workers import SharedPools, _context, _describe_exit, _die_with_parent, _error_from
 
 AUTO_WORKERS = 4  # at most, with embedding.workers 0
 CRASH_HINT = "the embedding worker was killed or ran out of memory; ingest the file again, or set embedding.workers 1"
@@ -303,25 +302,13 @@ class InProcess:
         return _Deferred(self._embedder, list(texts))
 
 
-_POOLS: dict[str, EmbedPool] = {}
-_POOLS_LOCK = threading.Lock()
+_EMBED_POOLS: SharedPools[EmbedPool] = SharedPools()
 
 
 def shared_embed_pool(settings: EmbeddingSettings) -> EmbedPool | None:
-    """One pool per embedding configuration for the whole app, started on first use, kept across ingests and
-    stopped at exit; None where embedding stays in the app process (:func:`embed_workers` is 1)."""
+    """One pool per embedding configuration for the whole app (see :class:`~ingest.workers.SharedPools`); None
+    where embedding stays in the app process (:func:`embed_workers` is 1)."""
     workers = embed_workers(settings)
     if workers <= 1:
         return None
-    key = settings.model_dump_json()
-    with _POOLS_LOCK:
-        if key not in _POOLS:
-            _POOLS[key] = EmbedPool(settings, workers)
-        return _POOLS[key]
-
-
-@atexit.register
-def _close_pools() -> None:
-    for pool in _POOLS.values():
-        with contextlib.suppress(Exception):
-            pool.close()
+    return _EMBED_POOLS.get(settings.model_dump_json(), lambda: EmbedPool(settings, workers))

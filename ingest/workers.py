@@ -20,10 +20,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ingest import errors
 from ingest.errors import DocumentReadError, KbError
@@ -290,21 +290,38 @@ class WorkerPool:
         self._workers = []
 
 
-_POOLS: dict[tuple[int, int], WorkerPool] = {}
-_POOLS_LOCK = threading.Lock()
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Closable)
+
+
+class SharedPools(Generic[P]):
+    """Pools kept for the whole app, one per key: started on first use, kept across ingests, closed at exit."""
+
+    def __init__(self) -> None:
+        self._pools: dict[Hashable, P] = {}
+        self._lock = threading.Lock()
+        atexit.register(self.close_all)
+
+    def get(self, key: Hashable, make: Callable[[], P]) -> P:
+        with self._lock:
+            if key not in self._pools:
+                self._pools[key] = make()
+            return self._pools[key]
+
+    def close_all(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            with contextlib.suppress(Exception):
+                pool.close()
+
+
+_PARSER_POOLS: SharedPools[WorkerPool] = SharedPools()
 
 
 def shared_pool(workers: int, memory_mb: int) -> WorkerPool:
-    """One pool per (workers, memory) for the whole app, started on first use and stopped at exit."""
-    with _POOLS_LOCK:
-        key = (workers, memory_mb)
-        if key not in _POOLS:
-            _POOLS[key] = WorkerPool(workers, memory_mb)
-        return _POOLS[key]
-
-
-@atexit.register
-def _close_pools() -> None:
-    for pool in _POOLS.values():
-        with contextlib.suppress(Exception):
-            pool.close()
+    """One pool per (workers, memory) for the whole app."""
+    return _PARSER_POOLS.get((workers, memory_mb), lambda: WorkerPool(workers, memory_mb))
