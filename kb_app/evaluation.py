@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ingest.pipeline import IngestReport
 from kb_app.assistant import Assistant
 from kb_app.chat.citations import strip_markers
+from kb_app.chat.pipeline import Answer, ChatPipeline
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.errors import DocumentError
 from kb_app.language import Language, detect_language
@@ -67,6 +68,8 @@ class RunRow:
     seconds: float
     answer: str | None = None
     refused: bool | None = None
+    answer_seconds: float | None = None  # question to the whole answer (retrieval, checks, generation)
+    first_token_seconds: float | None = None  # question to the first piece of text the person sees
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,8 @@ class RunRow:
             "answer": self.answer or "",
             "refused": self.refused,
             "max_dense": self.max_dense,
+            "answer_seconds": self.answer_seconds,
+            "first_token_seconds": self.first_token_seconds,
         }
 
 
@@ -224,11 +229,21 @@ def run_questions(
             seconds=seconds,
         )
         if i < generate:
-            answer = assistant.pipeline(kb, retrieval, retriever).ask(row.question)
-            result.answer = strip_markers(answer.text)
-            result.refused = answer.refused or any(r in answer.text for r in refusals)
+            answer_question(assistant.pipeline(kb, retrieval, retriever), row.question, result, refusals)
         results.append(result)
     return results
+
+
+def answer_question(pipeline: ChatPipeline, question: str, result: RunRow, refusals: set[str]) -> None:
+    """Answer through the streaming path, as a person would see it, and keep what it cost."""
+    started = time.perf_counter()
+    for item in pipeline.stream(question):
+        if isinstance(item, Answer):
+            result.answer_seconds = time.perf_counter() - started
+            result.answer = strip_markers(item.text)
+            result.refused = item.refused or any(r in item.text for r in refusals)
+        elif result.first_token_seconds is None and item.strip():
+            result.first_token_seconds = time.perf_counter() - started
 
 
 def write_run(path: Path, results: Sequence[RunRow]) -> None:
@@ -298,6 +313,10 @@ def compute_metrics(
             m["refusal_rate"] = _mean([bool(r.refused) for _, r in ans])
         if unans:
             m["abstention_rate"] = _mean([bool(r.refused) for r in unans])
+        answered = [r for _, r in generated if r.answer_seconds is not None and not r.refused]
+        if answered:
+            m["answer_s_p50"] = statistics.median(r.answer_seconds for r in answered)  # type: ignore[misc]
+            m["first_token_s_p50"] = statistics.median(r.first_token_seconds or r.answer_seconds for r in answered)  # type: ignore[misc]
     return m
 
 

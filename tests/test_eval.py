@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -141,3 +142,32 @@ def test_exclude_gold_refuses_a_doc_id_that_names_no_file(tmp_path: Path) -> Non
     args = ["--home", str(tmp_path / "home"), "eval", str(qa), "--docs", str(docs), "--retrieval-only"]
     result = CliRunner().invoke(app, [*args, "--exclude-gold"])
     assert result.exit_code != 0 and "no_such_doc" in str(result.exception)
+
+
+class PausingModel(EchoModel):
+    """Waits before its first piece and again before its last, so the two costs differ by a known pause."""
+
+    def stream(self, messages, max_tokens, temperature):
+        time.sleep(0.2)
+        yield "The fee is"
+        time.sleep(0.3)
+        yield " 180 euros."
+
+
+def test_each_generated_answer_keeps_its_cost(tmp_path: Path) -> None:
+    """Seconds to the first piece of text and to the whole answer, per question and as medians."""
+    from kb_app.assistant import Assistant
+    from kb_app.evaluation import evaluate
+    from kb_app.settings import load_settings
+
+    qa, docs = _qa_and_docs(tmp_path)
+    settings = load_settings(
+        home=tmp_path / "home", **{"refusal.check": "similarity", "refusal.min_dense_score": {"zh": -1, "en": -1}}
+    )
+    result = evaluate(Assistant(settings, model=PausingModel()), qa, docs, "costs", generate=1, show_progress=False)
+    timed, untimed = result.rows[0], result.rows[1:]
+    assert timed.first_token_seconds is not None and timed.answer_seconds is not None
+    assert 0.2 <= timed.first_token_seconds < timed.answer_seconds - 0.25
+    assert all(r.answer_seconds is None and r.first_token_seconds is None for r in untimed)
+    assert result.metrics["first_token_s_p50"] == timed.first_token_seconds
+    assert result.metrics["answer_s_p50"] == timed.answer_seconds

@@ -116,7 +116,7 @@ def test_cli_models_list_and_check(tiny_glm: TinyGlm) -> None:  # noqa: F811
     assert active["quantization"] == "Q4_0" and active["context_length"] == 2048
     assert active["size_bytes"] == tiny_glm.gguf_q4_no_template.stat().st_size
     assert "kb's glm4 template" in active["note"] and "chatglm" in active["note"]
-    assert not default["active"] and default["quantization"] == bundled.MODELS[bundled.DEFAULT].quantization
+    assert not default["active"] and default["quantization"] == "IQ4_NL (re-quantized from Q4_K_M)"
     assert active["scores_replies"] and active["reads_first_token_logprobs"]
 
     checked = runner.invoke(app, ["--gguf", str(tiny_glm.gguf_q4_no_template), "models", "check", "--json"])

@@ -32,8 +32,12 @@ class BundledModel:
     quantization: str
     trained_context: int  # <arch>.context_length in the GGUF
     kv_bytes_per_token: int  # f16 K and V: 2 * 2 bytes * block_count * head_count_kv * head dim
-    first_token_s: float  # median, ~600-token prompt, measured on 2 cores
-    tokens_per_s: float  # generation, measured on 2 cores
+    # (median first token on a ~600-token prompt, then tokens/s), measured on 2 cores, per llm.requantize
+    speeds: dict[str, tuple[float, float]]
+
+    def speed(self, requantize: str) -> tuple[float, float] | None:
+        """The measured speed of the file ``llm.requantize`` makes it run as, if it was measured."""
+        return self.speeds.get(requantize)
 
     @property
     def gguf_name(self) -> str:
@@ -76,8 +80,7 @@ MODELS: dict[str, BundledModel] = {
             quantization="Q4_K_M",
             trained_context=32_768,
             kv_bytes_per_token=2 * 2 * 24 * 2 * 64,
-            first_token_s=3.5,
-            tokens_per_s=38.0,
+            speeds={"none": (3.5, 38.0), "iq4_nl": (2.5, 53.0)},
         ),
         BundledModel(
             name="qwen2.5-coder-1.5b",
@@ -89,8 +92,7 @@ MODELS: dict[str, BundledModel] = {
             quantization="Q4_K_M",
             trained_context=32_768,
             kv_bytes_per_token=2 * 2 * 28 * 2 * 128,
-            first_token_s=6.9,
-            tokens_per_s=25.0,
+            speeds={"none": (6.9, 25.0)},
         ),
     )
 }
@@ -180,6 +182,26 @@ def bundled_gguf(model: BundledModel, cache_dir: Path, recheck: bool = False) ->
         )
     tmp.replace(target)
     return target
+
+
+def requantized_path(model: BundledModel, cache_dir: Path, fmt: str) -> Path:
+    """Where the model's copy re-quantized to ``fmt`` (``llm.requantize``) is (or will be) written."""
+    return cache_dir / "models" / f"{model.name}-instruct-{fmt}-from-{model.quantization.lower()}.gguf"
+
+
+def runnable_gguf(model: BundledModel, cache_dir: Path, requantize: str, recheck: bool = False) -> Path:
+    """The file to load: the assembled GGUF, or its re-quantized copy, made from it on first use (and again when
+    ``recheck`` finds the assembled file changed, since the copy is made from it)."""
+    if requantize == "none":
+        return bundled_gguf(model, cache_dir, recheck)
+    from kb_app.models.requantize import requantize as convert
+
+    target = requantized_path(model, cache_dir, requantize)
+    assembled = assembled_path(model, cache_dir)
+    fresh = assembled.exists() and assembled.stat().st_size == model.size and not recheck
+    if target.exists() and fresh:
+        return target
+    return convert(bundled_gguf(model, cache_dir, recheck), target, requantize)
 
 
 def header_source(model: BundledModel, cache_dir: Path) -> Path | None:

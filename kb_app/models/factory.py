@@ -30,7 +30,7 @@ def resolve_gguf(settings: LlmSettings, cache_dir: Path) -> Path:
     """The GGUF to load: the configured local path, else the bundled model ``llm.model`` names. Hub names fail
     at once."""
     if settings.gguf_path is None:
-        return bundled.bundled_gguf(bundled.choice(settings.model), cache_dir)
+        return bundled.runnable_gguf(bundled.choice(settings.model), cache_dir, settings.requantize)
     path = Path(settings.gguf_path).expanduser()
     if not path.exists() and _looks_like_hub_name(str(settings.gguf_path).rstrip("/")):
         raise ModelNotFoundError(
@@ -182,16 +182,18 @@ def _window(n_ctx: int, trained: int | None) -> int | None:
     return min(n_ctx, trained) if n_ctx else trained
 
 
-def _describe_bundled(model: bundled.BundledModel, n_ctx: int, cache_dir: Path) -> ModelInfo:
+def _describe_bundled(model: bundled.BundledModel, settings: LlmSettings, cache_dir: Path) -> ModelInfo:
     """A bundled choice, installed or not: its K/V cache size comes from the GGUF header once the file (or its
-    first part) is here, else from the registry."""
+    first part) is here, else from the registry; its size is the re-quantized copy's once that is made."""
     from kb_app.models.gguf_info import read_gguf_info
     from kb_app.models.llama_cpp import context_window
 
-    window = context_window(n_ctx, model.trained_context)
+    window = context_window(settings.n_ctx, model.trained_context)
     header = bundled.header_source(model, cache_dir)
     per_token = (read_gguf_info(header).kv_bytes_per_token if header else None) or model.kv_bytes_per_token
     target = bundled.assembled_path(model, cache_dir)
+    if settings.requantize != "none":
+        target = bundled.requantized_path(model, cache_dir, settings.requantize)
     installed = bundled.installed(model)
     if target.exists():
         source = str(target)
@@ -199,25 +201,30 @@ def _describe_bundled(model: bundled.BundledModel, n_ctx: int, cache_dir: Path) 
         source = f"bundled ({model.packages_label}), assembled on first use into {target}"
     else:
         source = f"bundled ({model.packages_label}), not installed: `{model.fetch_command}` installs it"
+    size = target.stat().st_size if target.exists() else model.size
+    quantization = model.quantization
+    first_token_s, tokens_per_s = model.speed(settings.requantize) or (None, None)
+    if settings.requantize != "none":
+        quantization = f"{settings.requantize.upper()} (re-quantized from {model.quantization})"
     return ModelInfo(
         backend="llama_cpp",
         name=model.name,
         source=source,
-        size_bytes=model.size,
-        quantization=model.quantization,
+        size_bytes=size,
+        quantization=quantization,
         context_length=window,
         note=model.title,
         bundled=model.name,
         installed=installed or target.exists(),
-        memory_bytes=model.size + per_token * window,
-        first_token_s=model.first_token_s,
-        tokens_per_s=model.tokens_per_s,
+        memory_bytes=size + per_token * window,
+        first_token_s=first_token_s,
+        tokens_per_s=tokens_per_s,
     )
 
 
 def _describe_llama_cpp(settings: LlmSettings, cache_dir: Path) -> ModelInfo:
     if settings.gguf_path is None:
-        return _describe_bundled(bundled.choice(settings.model), settings.n_ctx, cache_dir)
+        return _describe_bundled(bundled.choice(settings.model), settings, cache_dir)
     from kb_app.models.gguf_info import read_gguf_info
     from kb_app.models.glm_templates import choose_template, glm_family
     from kb_app.models.llama_cpp import context_window
@@ -292,7 +299,7 @@ def describe_models(settings: LlmSettings, cache_dir: Path) -> list[ModelInfo]:
     for name in bundled.MODELS:
         if name == configured.bundled:
             continue
-        info = _describe(LlmSettings(model=name, n_ctx=settings.n_ctx), cache_dir)
+        info = _describe(LlmSettings(model=name, n_ctx=settings.n_ctx, requantize=settings.requantize), cache_dir)
         how = "the default when llm is unset" if name == bundled.DEFAULT else f"llm.model: {name} picks it"
         models.append(ModelInfo(**{**info.__dict__, "active": False, "note": f"{info.note}; {how}"}))
     return models
