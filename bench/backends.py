@@ -161,7 +161,7 @@ def child(row: str, run: int, max_tokens: int) -> dict:
     if row == "raw":
         from llama_cpp import Llama
 
-        llm = Llama(model_path=str(gguf_path), n_ctx=N_CTX, n_threads=threads, verbose=False)
+        llm = Llama(model_path=str(gguf_path), n_ctx=N_CTX, n_threads=threads, use_mmap=False, verbose=False)
         load_s = time.perf_counter() - start
 
         def stream(messages: list[Message], max_tokens: int, temperature: float) -> Iterator[str]:

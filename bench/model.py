@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=str(gguf),
         n_ctx=settings.llm.n_ctx,
         n_threads=settings.llm.n_threads or os.cpu_count() or 2,
+        use_mmap=settings.llm.use_mmap,
         verbose=False,
     )
     raw_load = time.perf_counter() - started

@@ -16,7 +16,8 @@ from kb_app.humanize import human_size
 from kb_app.settings import Settings, load_settings
 
 app = typer.Typer(
-    help="kb: ask your documents, privately. Everything runs on this machine; nothing is downloaded.\n\n"
+    help="kb: ask your documents, privately. Everything runs on this machine; nothing is downloaded unless you "
+    "run `kb models fetch`.\n\n"
     "Settings come from defaults < ~/.config/kb/kb.yaml (or $KB_CONFIG) < KB_* environment < these flags.",
     no_args_is_help=True,
     add_completion=False,

@@ -216,6 +216,16 @@ def test_llama_cpp_context_length_follows_n_ctx(tiny_glm: TinyGlm) -> None:  # n
     assert LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2).context_length == 512
 
 
+def test_llama_cpp_reads_the_weights_unless_told_to_map_them(tiny_glm: TinyGlm) -> None:  # noqa: F811
+    """llm.use_mmap off: llama.cpp's repacked copy of the weights is all that stays resident, not the file too."""
+    path = str(tiny_glm.gguf_q4.resolve())
+    read = LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2)
+    assert path not in Path("/proc/self/maps").read_text()
+    mapped = LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2, use_mmap=True)
+    assert path in Path("/proc/self/maps").read_text()
+    assert read.context_length == mapped.context_length == 512
+
+
 def test_llama_cpp_chat_format_declares_no_probabilities(tiny_glm: TinyGlm) -> None:  # noqa: F811
     """llama.cpp formats the prompt itself with llm.chat_format, so kb cannot read its token probabilities: the
     model says so, and so does the factory from settings alone."""

@@ -50,8 +50,9 @@ def test_the_top_passages_stay_whole_and_the_order_is_kept() -> None:
 
 
 def test_the_setting_chooses_the_trimmer() -> None:
-    assert isinstance(build_trimmer(RetrievalSettings()), WholePassages)
-    assert isinstance(build_trimmer(RetrievalSettings(passage_chars={"zh": 200})), SentenceTrimmer)
+    assert isinstance(build_trimmer(RetrievalSettings()), SentenceTrimmer)  # default cuts zh passages
+    assert RetrievalSettings().passage_chars == {"zh": 200}
+    assert isinstance(build_trimmer(RetrievalSettings(passage_chars={})), WholePassages)
 
 
 class _Retriever:

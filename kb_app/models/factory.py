@@ -88,6 +88,7 @@ def _llama_cpp(settings: LlmSettings, cache_dir: Path) -> ChatModel:
         settings.n_threads,
         settings.chat_format,
         settings.chat_template,
+        use_mmap=settings.use_mmap,
     )
 
 

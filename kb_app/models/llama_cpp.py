@@ -86,6 +86,7 @@ class LlamaCppModel:
         n_threads: int | None = None,
         chat_format: str | None = None,
         chat_template: str | None = None,
+        use_mmap: bool = False,
     ) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(
@@ -110,6 +111,7 @@ class LlamaCppModel:
                     n_ctx=window,
                     n_threads=n_threads or os.cpu_count() or 2,
                     chat_format=chat_format,
+                    use_mmap=use_mmap,
                     verbose=False,
                 )
         except ValueError as exc:  # llama-cpp-python reports every load failure as ValueError
