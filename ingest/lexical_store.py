@@ -566,6 +566,26 @@ class Bm25Store:
                 found[term] = math.log(1 + n / df) if df else 0.0
             return found
 
+    def overlap(self, terms: Iterable[str], ids: Sequence[str]) -> list[float]:
+        """Per chunk id, the IDF mass of ``terms`` it contains (0 for an id the index does not know), from the
+        postings in memory: reading and parsing the candidates' token lists took longer than the whole BM25 leg."""
+        with self._lock:
+            self._refresh()
+            view, n = self._ensure_view(), self._live_count
+            known = [self._slot_of.get(cid, -1) for cid in ids]
+            slots = np.array(known, dtype=np.int64)
+            mass = np.zeros(len(slots))
+            for term in set(terms):
+                tid = self._vocab.get(term)
+                postings = self._postings(tid, view) if tid is not None else []
+                if df := self._df(postings, view):
+                    present = np.zeros(len(slots), bool)
+                    for holding, _ in postings:  # slots ascending: a binary search per candidate
+                        at = np.minimum(np.searchsorted(holding, slots), len(holding) - 1)
+                        present |= holding[at] == slots
+                    mass[present] += math.log(1 + n / df)
+            return mass.tolist()
+
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
         """Up to ``k`` (chunk id, BM25 score) pairs, best first (ties by id); only chunks sharing a term with the
         query. A term repeated in the query counts as often as it appears, as in bm25s."""

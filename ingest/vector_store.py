@@ -101,7 +101,15 @@ class ChromaVectorStore:
             )
         ]
 
+    def nearest(self, embedding: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Ids and cosines of the ``k`` nearest chunks, without their text: reading text and metadata doubles a
+        query's cost, and the hybrid retriever reads only the chunks it keeps."""
+        result = self._collection.query(query_embeddings=[embedding], n_results=k, include=["distances"])
+        return [(cid, 1.0 - float(dist)) for cid, dist in zip(result["ids"][0], result["distances"][0], strict=True)]
+
     def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
         result = self._collection.get(ids=list(ids), include=["embeddings"])
         return {
             cid: np.asarray(vec, dtype=np.float32) for cid, vec in zip(result["ids"], result["embeddings"], strict=True)

@@ -196,6 +196,11 @@ def assert_same(store: Bm25Store, reference: Bm25Store) -> None:
     assert store.idf(TERMS) == pytest.approx(reference.idf(TERMS), rel=1e-12)
     sample = sorted(reference.ids())[::97]
     assert store.tokens(sample) == reference.tokens(sample)
+    asked = [*sample, "no-such-chunk"]
+    idf, tokens = reference.idf(TERMS), reference.tokens(asked)
+    from_tokens = [sum(idf[t] for t in set(TERMS).intersection(tokens.get(cid, ()))) for cid in asked]
+    assert store.overlap(TERMS, asked) == pytest.approx(from_tokens, rel=1e-12)
+    assert any(from_tokens) and from_tokens[-1] == 0.0
 
 
 def churn(store: Bm25Store, chunks: dict[str, str], seed: int) -> dict[str, str]:

@@ -19,9 +19,11 @@ from pptx import Presentation
 from kb_app.access.roles import User
 from kb_app.assistant import Assistant
 from kb_app.errors import KbError, KnowledgeBaseNameError, PermissionDeniedError
+from kb_app.retrieval.base import CandidateRetriever
 from kb_app.retrieval.dense import DenseRetriever
 from kb_app.retrieval.factory import build_retriever
 from kb_app.retrieval.lexical import LexicalRetriever
+from kb_app.retrieval.rerank import RerankingRetriever, build_reranker
 from kb_app.settings import load_settings
 from kb_app.ui.search import legs
 from tests.conftest import ARTIFACTS
@@ -130,6 +132,29 @@ def test_each_hit_says_where_each_leg_ranked_it_and_the_fusion_follows_those_ran
     top = found[0]
     assert (top.dense_rank, top.lexical_rank) == (by_id[top.chunk.id].dense_rank, by_id[top.chunk.id].lexical_rank)
     assert legs(top).startswith(f"lexical #{top.lexical_rank} (") and f"dense #{top.dense_rank} (cosine" in legs(top)
+
+
+def test_the_blend_rerank_ranks_before_reading_and_reads_only_the_hits_kept(
+    house: House, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranking the hybrid's candidates before any text is read gives the hits that reading every candidate first
+    gives, and the store is asked for the text of the hits kept only, once."""
+    query = "第2项规定由哪个部门负责"
+    settings = house.owner.settings
+    kb = house.owner.knowledge_base("hr", create=False)
+    hybrid = build_retriever(settings.retrieval, house.owner.embedder, kb)
+    assert isinstance(hybrid, CandidateRetriever)
+    reranker = build_reranker(settings.rerank, kb.lexical)
+    assert reranker is not None and not reranker.reads_text
+    every = hybrid.retrieve(query, settings.rerank.candidates)
+    read_first = reranker.rerank(query, every)[:3]
+    assert len(every) > 3 and all(h.rerank_score is not None for h in read_first)
+    asked: list[list[str]] = []
+    real_get = kb.vectors.get
+    monkeypatch.setattr(kb.vectors, "get", lambda ids: asked.append(list(ids)) or real_get(ids))
+    ranked_first = RerankingRetriever(hybrid, reranker, settings.rerank.candidates, ["zh", "en"]).retrieve(query, 3)
+    assert ranked_first == read_first
+    assert asked == [[h.chunk.id for h in read_first]]
 
 
 # -- several knowledge bases ----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ingest.vector_store import StoredChunk
 
@@ -25,6 +25,33 @@ class Hit:
     rerank_score: float | None = None
     kb: str = ""
 
+    @property
+    def chunk_id(self) -> str:
+        return self.chunk.id
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk found but not yet read: a hit without its text, for ranking stages that need none (reading the text
+    of every candidate cost more than both searches at 100k chunks)."""
+
+    chunk_id: str
+    score: float
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    dense_rank: int | None = None
+    lexical_rank: int | None = None
+    rerank_score: float | None = None
+
 
 class Retriever(Protocol):
     def retrieve(self, query: str, k: int) -> list[Hit]: ...
+
+
+@runtime_checkable
+class CandidateRetriever(Retriever, Protocol):
+    """A retriever that can rank before it reads: ``read`` turns the candidates kept into hits, in their order."""
+
+    def candidates(self, query: str, k: int) -> list[Candidate]: ...
+
+    def read(self, candidates: list[Candidate]) -> list[Hit]: ...

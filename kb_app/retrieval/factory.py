@@ -33,7 +33,7 @@ def build_retriever(
     retrievers: dict[str, Retriever] = {
         "dense": dense,
         "lexical": lexical,
-        "hybrid": HybridRetriever(dense, lexical, embedder, kb.vectors, settings.fetch_k, settings.rrf_k),
+        "hybrid": HybridRetriever(embedder, kb.vectors, kb.lexical, settings.fetch_k, settings.rrf_k),
     }
     base = retrievers[settings.mode]
     if rerank is None:

@@ -1,56 +1,80 @@
-"""Reciprocal-rank fusion of the dense and lexical legs: fetch wide from each, then cut to ``k``."""
+"""Reciprocal-rank fusion of the dense and lexical legs: fetch wide from each, then cut to ``k``.
+
+Both legs return ids and scores only, and a candidate found only lexically gets its cosine from its stored vector,
+so every candidate is judged on one scale; text and metadata are read last, for the chunks kept (``read``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ingest.embedders import Embedder
-from ingest.vector_store import ChromaVectorStore
-from kb_app.retrieval.base import Hit, Retriever
-from kb_app.retrieval.dense import DenseRetriever
+from ingest.lexical_store import Bm25Store
+from ingest.vector_store import ChromaVectorStore, StoredChunk
+from kb_app.retrieval.base import Candidate, Hit
+
+
+@dataclass
+class _Found:
+    """One chunk's place and score in each leg that returned it, and its fused score."""
+
+    fused: float = 0.0
+    dense_score: float | None = None
+    dense_rank: int | None = None
+    lexical_score: float | None = None
+    lexical_rank: int | None = None
 
 
 class HybridRetriever:
     def __init__(
         self,
-        dense: DenseRetriever,
-        lexical: Retriever,
         embedder: Embedder,
         vectors: ChromaVectorStore,
+        lexical: Bm25Store,
         fetch_k: int,
         rrf_k: int,
     ) -> None:
-        self._dense = dense
-        self._lexical = lexical
         self._embedder = embedder
         self._vectors = vectors
+        self._lexical = lexical
         self._fetch_k = fetch_k
         self._rrf_k = rrf_k
 
     def retrieve(self, query: str, k: int) -> list[Hit]:
+        return self.read(self.candidates(query, k))
+
+    def candidates(self, query: str, k: int) -> list[Candidate]:
         fetch = max(self._fetch_k, k)
-        fused: dict[str, float] = {}
-        found: dict[str, Hit] = {}  # each chunk's hit from both legs in one: its score and place in each
         query_vector = self._embedder.embed_query(query)
-        for hits in (self._dense.retrieve_vector(query_vector, fetch), self._lexical.retrieve(query, fetch)):
-            for rank, hit in enumerate(hits):
-                fused[hit.chunk.id] = fused.get(hit.chunk.id, 0.0) + 1.0 / (self._rrf_k + rank + 1)
-                found[hit.chunk.id] = _joined(found.get(hit.chunk.id), hit)
-        best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
-        cosines = self._cosines(query_vector, [i for i in best if found[i].dense_score is None])
-        return [replace(found[i], score=fused[i], dense_score=cosines.get(i, found[i].dense_score)) for i in best]
+        found: dict[str, _Found] = {}
+        for rank, (cid, cosine) in enumerate(self._vectors.nearest(query_vector, fetch), 1):
+            entry = found.setdefault(cid, _Found())
+            entry.fused += 1.0 / (self._rrf_k + rank)
+            entry.dense_score, entry.dense_rank = cosine, rank
+        for rank, (cid, score) in enumerate(self._lexical.search(query, fetch), 1):
+            entry = found.setdefault(cid, _Found())
+            entry.fused += 1.0 / (self._rrf_k + rank)
+            entry.lexical_score, entry.lexical_rank = score, rank
+        best = sorted(found, key=lambda cid: found[cid].fused, reverse=True)[:k]
+        vectors = self._vectors.embeddings([cid for cid in best if found[cid].dense_score is None])
+        for cid, vector in vectors.items():
+            found[cid].dense_score = float(np.dot(vector, query_vector))
+        kept = [cid for cid in best if found[cid].dense_score is not None]  # a chunk gone from Chroma is dropped
+        return [_candidate(cid, found[cid]) for cid in kept]
 
-    def _cosines(self, query_vector: np.ndarray, ids: list[str]) -> dict[str, float]:
-        """Cosine for hits found only lexically, so refusal judges every hit on one scale."""
-        if not ids:
-            return {}
-        return {cid: float(np.dot(vec, query_vector)) for cid, vec in self._vectors.embeddings(ids).items()}
+    def read(self, candidates: list[Candidate]) -> list[Hit]:
+        chunks = {c.id: c for c in self._vectors.get([c.chunk_id for c in candidates])}
+        return [_hit(chunks[c.chunk_id], c) for c in candidates if c.chunk_id in chunks]
 
 
-def _joined(dense: Hit | None, lexical: Hit) -> Hit:
-    """One chunk's hit from the dense leg (if it found it) with the lexical leg's score and place added."""
-    if dense is None:
-        return lexical
-    return replace(dense, lexical_score=lexical.lexical_score, lexical_rank=lexical.lexical_rank)
+def _candidate(cid: str, found: _Found) -> Candidate:
+    scores = asdict(found)
+    return Candidate(chunk_id=cid, score=scores.pop("fused"), **scores)
+
+
+def _hit(chunk: StoredChunk, candidate: Candidate) -> Hit:
+    scores = asdict(candidate)
+    del scores["chunk_id"]
+    return Hit(chunk=chunk, **scores)
