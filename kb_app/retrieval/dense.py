@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ingest.embedders import Embedder
 from ingest.vector_store import ChromaVectorStore
 from kb_app.retrieval.base import Hit
@@ -15,9 +13,5 @@ class DenseRetriever:
         self._vectors = vectors
 
     def retrieve(self, query: str, k: int) -> list[Hit]:
-        return self.retrieve_vector(self._embedder.embed_query(query), k)
-
-    def retrieve_vector(self, vector: np.ndarray, k: int) -> list[Hit]:
-        """For callers that need the query embedding too, so it is computed once."""
-        found = self._vectors.query(vector, k)
+        found = self._vectors.query(self._embedder.embed_query(query), k)
         return [Hit(chunk=c, score=c.score, dense_score=c.score, dense_rank=n) for n, c in enumerate(found, 1)]
