@@ -74,6 +74,7 @@ def test_a_question_asked_while_files_index_waits_for_them_and_a_deleted_file_is
     page.set_input_files("#upload input[type=file]", [str(POLICY), str(update)])
     expect(status).to_contain_text("2 file(s) queued")
     open_tab(page, "chat")
+    expect(page.locator("#chat")).to_be_attached()  # the script hooks into it
     page.evaluate(RECORD_NOTICES_JS)
     bot = ask(page, QUESTION, ARTIFACTS / "ui_documents_indexing.png")
     assert page.evaluate("window.kbNotices.length") > 0, "the chat never said it waits for indexing"

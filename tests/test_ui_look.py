@@ -129,8 +129,10 @@ TIMING_JS = """() => {
 def test_time_from_send_to_the_first_streamed_character_measured_in_the_browser(browser: Browser, app_url: str) -> None:
     watch = Watch()
     page = visit(browser, app_url, "en", WIDE, watch)
-    page.evaluate(TIMING_JS)
     box = page.locator("#question textarea")
+    expect(box).to_be_visible()
+    expect(page.locator("#chat")).to_be_attached()  # the script hooks into both; the page may still be building
+    page.evaluate(TIMING_JS)
     box.fill(QUESTION)
     box.press("Enter")
     page.wait_for_function("() => window.__kb.first", timeout=ANSWER_TIMEOUT_MS)
