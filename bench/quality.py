@@ -8,6 +8,7 @@ target is missed. Generation is the slow part (a few seconds a question on 2 cor
 first N questions of each set (0: retrieval only).
 
     .venv/bin/python bench/quality.py --generate 50
+    .venv/bin/python bench/quality.py --generate 40 --sets en_dev,en_dev_unanswerable   # one language
 """
 
 from __future__ import annotations
@@ -37,21 +38,36 @@ TARGETS = [
     ("zh_dev", "refusal_rate", 0.10, False),
     ("en_dev", "refusal_rate", 0.10, False),
 ]
-RUNS = [("zh_dev", False), ("zh_dev", True), ("en_dev", False), ("en_dev_unanswerable", False)]
+# run name -> (eval set, each question's own document left out)
+RUNS = {
+    "zh_dev": ("zh_dev", False),
+    "zh_dev without gold": ("zh_dev", True),
+    "en_dev": ("en_dev", False),
+    "en_dev_unanswerable": ("en_dev_unanswerable", False),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generate", type=int, default=50, metavar="N", help="answer the first N of each set")
     parser.add_argument("--home", type=Path, default=RESULTS / "kb_home", help="KB_HOME for the eval KBs")
+    parser.add_argument(
+        "--sets",
+        type=lambda text: [name.strip().replace("_without_gold", " without gold") for name in text.split(",")],
+        default=list(RUNS),
+        help=f"runs to measure, comma-separated (default: all): {', '.join(n.replace(' ', '_') for n in RUNS)}",
+    )
     args = parser.parse_args(argv)
+    unknown = [name for name in args.sets if name not in RUNS]
+    if unknown:
+        parser.error(f"unknown set {', '.join(unknown)}; choose from {', '.join(n.replace(' ', '_') for n in RUNS)}")
 
     settings = load_settings(home=args.home)
     assistant = Assistant(settings)
     metrics: dict[str, dict[str, float]] = {}
-    for set_name, exclude_gold in RUNS:
+    for name in args.sets:
+        set_name, exclude_gold = RUNS[name]
         eval_set = SETS[set_name]
-        name = f"{set_name} without gold" if exclude_gold else set_name
         result = evaluate(
             assistant,
             eval_set.qa,
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     missed = 0
     print("| set | metric | measured | target | answer s (p50) | first token s (p50) |\n|---|---|---|---|---|---|")
-    for name, metric, target, higher in TARGETS:
+    for name, metric, target, higher in (row for row in TARGETS if row[0] in metrics):
         value = metrics[name].get(metric)
         ok = value is not None and (value >= target if higher else value <= target)
         missed += not ok
@@ -75,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         spent = [f"{cost[key]:.1f}" if key in cost else "" for key in ("answer_s_p50", "first_token_s_p50")]
         row = f"| {name} | {metric} | {shown} | {'≥' if higher else '≤'} {target:.2f} {'' if ok else '✗'} |"
         print(f"{row} {spent[0]} | {spent[1]} |")
-    zh_len, en_len = metrics["zh_dev"]["mean_chunk_len"], metrics["en_dev"]["mean_chunk_len"]
-    print(f"\nmean chunk length: zh {zh_len:.0f}, en {en_len:.0f} characters")
+    lengths = [f"{name} {metrics[name]['mean_chunk_len']:.0f}" for name in ("zh_dev", "en_dev") if name in metrics]
+    if lengths:
+        print(f"\nmean chunk length: {', '.join(lengths)} characters")
     return 1 if missed else 0
 
 

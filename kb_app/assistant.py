@@ -52,11 +52,12 @@ from kb_app.errors import (
 )
 from kb_app.ingest_queue import Indexing, IngestQueue, IngestTask, QueuedFile
 from kb_app.models.base import Capabilities, ChatModel, Message
+from kb_app.models.bundled import DEFAULT as DEFAULT_BUNDLED
 from kb_app.models.factory import backend_capabilities, build_chat_model, capabilities_of
 from kb_app.retrieval.base import Hit, Retriever
 from kb_app.retrieval.factory import build_retriever
 from kb_app.retrieval.multi import MultiRetriever
-from kb_app.settings import RetrievalSettings, Settings
+from kb_app.settings import LlmSettings, RetrievalSettings, Settings
 from kb_app.viewer.context import PassageContext, neighbours, surrounding
 from kb_app.viewer.pdf_page import render_page
 
@@ -84,6 +85,7 @@ class _Parts:
         self.settings = settings
         self.kbs: dict[str, KnowledgeBase] = {}
         self.model: ChatModel | None = model
+        self.reader: ChatModel | None = None  # rerank.reader_model, when it is not the chat model
         self.lock = threading.RLock()
         self.ingest_lock = threading.Lock()  # one ingest at a time; chat is never blocked by it
         self.turns = Turns(settings.llm.concurrent_answers)  # one line at the model for every caller
@@ -195,10 +197,33 @@ class Assistant:
                 self._parts.model = build_chat_model(self.settings.llm, self.settings.cache_dir)
             return self._parts.model
 
+    def reader(self) -> ChatModel:
+        """The model that re-reads passages (``rerank.reader_model``): the chat model unless another is named."""
+        llm = self._reader_settings()
+        if llm is None:
+            return self.model()
+        with self._parts.lock:
+            if self._parts.reader is None:
+                self._parts.reader = build_chat_model(llm, self.settings.cache_dir)
+            return self._parts.reader
+
+    def _reader_settings(self) -> LlmSettings | None:
+        """The re-reading model's settings when it is another model than the chat model's, else None."""
+        name, llm = self.settings.rerank.reader_model, self.settings.llm
+        same = llm.backend == "llama_cpp" and llm.gguf_path is None and (llm.model or DEFAULT_BUNDLED) == name
+        if name is None or same:
+            return None
+        bundled = {"backend": "llama_cpp", "model": name, "gguf_path": None, "chat_format": None, "chat_template": None}
+        return llm.model_copy(update=bundled)
+
     def model_capabilities(self) -> Capabilities:
         """What the model can do, without loading it: the given model's, else the configured backend's."""
         model = self._parts.model
         return capabilities_of(model) if model is not None else backend_capabilities(self.settings.llm)
+
+    def _reader_capabilities(self) -> Capabilities:
+        llm = self._reader_settings()
+        return self.model_capabilities() if llm is None else backend_capabilities(llm)
 
     def hold_store(self, notice: Callable[[str], None] = no_notice) -> None:
         """Called once by ``kb serve``: hold the embedded Chroma store for this process's lifetime, so that a write
@@ -443,9 +468,9 @@ class Assistant:
             self.embedder,
             knowledge_base,
             self.settings.rerank,
-            model=self.model,
+            model=self.reader,
             reading_prompt=PromptBuilder(self.settings.prompts_dir).question_likelihood,
-            capabilities=self.model_capabilities(),
+            capabilities=self._reader_capabilities(),
         )
 
     def _names(self, kb: Names) -> list[str]:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ingest.vector_store import StoredChunk
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.cli import app
-from kb_app.errors import ModelNotFoundError
+from kb_app.errors import ModelNotFoundError, SettingsError
 from kb_app.models import bundled
 from kb_app.models.base import Capabilities
 from kb_app.models.errors import ModelLoadError
@@ -160,6 +160,31 @@ def test_the_model_reread_is_built_only_for_a_backend_that_scores_replies(settin
         if not rereads:
             assert assistant.search("How many days of paid leave?", k=1)[0].chunk.source == "leave.txt"
         assert assistant._parts.model is None  # decided without loading the model
+
+
+def test_a_named_reader_model_rereads_while_the_chat_model_is_never_loaded(settings: Settings, tmp_path: Path) -> None:
+    """rerank.reader_model: the bundled 0.5B re-reads (really loaded and scoring) beside a chat model that cannot
+    score replies, a server nobody listens on: the search ranks with the reader and never contacts the server."""
+    from kb_app.assistant import Assistant
+    from kb_app.retrieval.rerank import ModelRereadingRetriever
+
+    (tmp_path / "docs").mkdir()
+    for name, text in (
+        ("leave.txt", "Employees get fifteen days of paid leave a year."),
+        ("office.txt", "The office closes at six on Fridays and opens at eight."),
+    ):
+        (tmp_path / "docs" / name).write_text(text, "utf-8")
+    llm = LlmSettings(backend="openai", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    rerank = settings.rerank.model_copy(update={"model_passages": {"en": 2}, "reader_model": bundled.DEFAULT})
+    assistant = Assistant(settings.model_copy(update={"llm": llm, "rerank": rerank}))
+    assistant.ingest([tmp_path / "docs"])
+    assert isinstance(assistant.retriever(), ModelRereadingRetriever)
+    assert assistant.search("How many days of paid leave do employees get?", k=1)[0].chunk.source == "leave.txt"
+    assert isinstance(assistant._parts.reader, LlamaCppModel) and assistant._parts.model is None
+    same = settings.model_copy(update={"rerank": rerank})  # the reader named is the chat model: one model, loaded once
+    assert Assistant(same)._reader_settings() is None
+    with pytest.raises(SettingsError, match="reader_model"):
+        load_settings(home=tmp_path / "home", **{"rerank.reader_model": "no-such-model"})
 
 
 def test_describe_transformers_and_the_unassembled_default(tiny_glm: TinyGlm, tmp_path: Path) -> None:  # noqa: F811
