@@ -92,7 +92,7 @@ MODELS: dict[str, BundledModel] = {
             quantization="Q4_K_M",
             trained_context=32_768,
             kv_bytes_per_token=2 * 2 * 28 * 2 * 128,
-            speeds={"none": (6.9, 25.0)},
+            speeds={"none": (6.9, 25.0), "iq4_nl": (5.9, 21.0)},
         ),
     )
 }
