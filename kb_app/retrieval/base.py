@@ -30,7 +30,7 @@ class Hit:
         return self.chunk.id
 
 
-@dataclass(frozen=True)
+@dataclass
 class Candidate:
     """A chunk found but not yet read: a hit without its text, for ranking stages that need none (reading the text
     of every candidate cost more than both searches at 100k chunks)."""

@@ -9,7 +9,7 @@ so every candidate is judged on one scale; text and metadata are read last, for 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
@@ -17,17 +17,6 @@ from ingest.embedders import Embedder
 from ingest.lexical_store import Bm25Store
 from ingest.vector_store import ChromaVectorStore, StoredChunk
 from kb_app.retrieval.base import Candidate, Hit
-
-
-@dataclass
-class _Found:
-    """One chunk's place and score in each leg that returned it, and its fused score."""
-
-    fused: float = 0.0
-    dense_score: float | None = None
-    dense_rank: int | None = None
-    lexical_score: float | None = None
-    lexical_rank: int | None = None
 
 
 class HybridRetriever:
@@ -54,30 +43,25 @@ class HybridRetriever:
             lexical = beside.submit(self._lexical.search, query, fetch)
             query_vector = self._embedder.embed_query(query)
             dense = self._vectors.nearest(query_vector, fetch)
-        found: dict[str, _Found] = {}
+        found: dict[str, Candidate] = {}  # each chunk's place and score in each leg, its score the fused one
         for rank, (cid, cosine) in enumerate(dense, 1):
-            entry = found.setdefault(cid, _Found())
-            entry.fused += 1.0 / (self._rrf_k + rank)
+            entry = found.setdefault(cid, Candidate(cid, 0.0))
+            entry.score += 1.0 / (self._rrf_k + rank)
             entry.dense_score, entry.dense_rank = cosine, rank
         for rank, (cid, score) in enumerate(lexical.result(), 1):
-            entry = found.setdefault(cid, _Found())
-            entry.fused += 1.0 / (self._rrf_k + rank)
+            entry = found.setdefault(cid, Candidate(cid, 0.0))
+            entry.score += 1.0 / (self._rrf_k + rank)
             entry.lexical_score, entry.lexical_rank = score, rank
-        best = sorted(found, key=lambda cid: found[cid].fused, reverse=True)[:k]
+        best = sorted(found, key=lambda cid: found[cid].score, reverse=True)[:k]
         vectors = self._vectors.embeddings([cid for cid in best if found[cid].dense_score is None])
         for cid, vector in vectors.items():
             found[cid].dense_score = float(np.dot(vector, query_vector))
         kept = [cid for cid in best if found[cid].dense_score is not None]  # a chunk gone from Chroma is dropped
-        return [_candidate(cid, found[cid]) for cid in kept]
+        return [found[cid] for cid in kept]
 
     def read(self, candidates: list[Candidate]) -> list[Hit]:
         chunks = {c.id: c for c in self._vectors.get([c.chunk_id for c in candidates])}
         return [_hit(chunks[c.chunk_id], c) for c in candidates if c.chunk_id in chunks]
-
-
-def _candidate(cid: str, found: _Found) -> Candidate:
-    scores = asdict(found)
-    return Candidate(chunk_id=cid, score=scores.pop("fused"), **scores)
 
 
 def _hit(chunk: StoredChunk, candidate: Candidate) -> Hit:
