@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         n_ctx=settings.llm.n_ctx,
         n_threads=settings.llm.n_threads or os.cpu_count() or 2,
         use_mmap=settings.llm.use_mmap,
+        flash_attn=settings.llm.flash_attn,
         verbose=False,
     )
     raw_load = time.perf_counter() - started

@@ -178,6 +178,13 @@ class LlmSettings(BaseModel):
         "copies IQ4_NL and Q4_0 weights into its own repacked buffers, and the mapped pages stayed resident "
         "beside them (the default model: 0.79 GB resident mapped, 0.61 GB read; loading takes 0.2 s longer).",
     )
+    flash_attn: bool = Field(
+        True,
+        description="llama_cpp backend: llama.cpp's fused attention. On 2 cores the default model's first token "
+        "came 12-20 % sooner (bench/model.py median 1.77 s against 2.23 s; kb's zh prompts 2.06 s against 2.35 s) "
+        "and Contains held (zh 22 vs 23 of 40, en 25 of 40 both; bench/README.md, session 11). Off: the plain "
+        "attention path, for a model or llama.cpp build where the fused one misbehaves.",
+    )
     max_tokens: int = 384
     temperature: float = 0.1
     chat_format: str | None = Field(

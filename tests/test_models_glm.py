@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -224,6 +225,21 @@ def test_llama_cpp_reads_the_weights_unless_told_to_map_them(tiny_glm: TinyGlm) 
     mapped = LlamaCppModel(tiny_glm.gguf_q4, n_ctx=512, n_threads=2, use_mmap=True)
     assert path in Path("/proc/self/maps").read_text()
     assert read.context_length == mapped.context_length == 512
+
+
+def test_llm_flash_attn_reaches_llama_cpp_and_leaves_the_answer_alone(tiny_glm: TinyGlm) -> None:  # noqa: F811
+    """llm.flash_attn (on by default: the first token sooner on 2 cores) is what llama.cpp's context is built with,
+    and the fused attention gives the planted greedy answer and its log-probability as the plain path does."""
+    built = {}
+    for flash in (True, False):
+        settings = LlmSettings(gguf_path=tiny_glm.gguf_q4, n_ctx=512, n_threads=2, flash_attn=flash)
+        model = build_chat_model(settings, Path("unused-cache"))
+        wanted = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        assert model._llm.context_params.flash_attn_type == wanted
+        assert "".join(model.stream(ASK, 16, 0.0)) == "hello world"
+        built[flash] = model.reply_logprob(ASK, "hello world")
+    assert LlmSettings().flash_attn is True
+    assert built[True] == pytest.approx(built[False], abs=0.05)
 
 
 def test_llama_cpp_chat_format_declares_no_probabilities(tiny_glm: TinyGlm) -> None:  # noqa: F811

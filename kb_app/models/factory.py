@@ -89,6 +89,7 @@ def _llama_cpp(settings: LlmSettings, cache_dir: Path) -> ChatModel:
         settings.chat_format,
         settings.chat_template,
         use_mmap=settings.use_mmap,
+        flash_attn=settings.flash_attn,
     )
 
 

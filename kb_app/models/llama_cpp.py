@@ -87,6 +87,7 @@ class LlamaCppModel:
         chat_format: str | None = None,
         chat_template: str | None = None,
         use_mmap: bool = False,
+        flash_attn: bool = True,
     ) -> None:
         if not gguf_path.is_file():
             raise ModelNotFoundError(
@@ -112,6 +113,7 @@ class LlamaCppModel:
                     n_threads=n_threads or os.cpu_count() or 2,
                     chat_format=chat_format,
                     use_mmap=use_mmap,
+                    flash_attn=flash_attn,
                     verbose=False,
                 )
         except ValueError as exc:  # llama-cpp-python reports every load failure as ValueError
