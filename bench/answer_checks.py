@@ -40,7 +40,7 @@ from bench.retrieval import RESULTS, SETS, kb_name  # noqa: E402
 from kb_app.assistant import Assistant  # noqa: E402
 from kb_app.chat.citations import strip_markers  # noqa: E402
 from kb_app.chat.prompt import PromptBuilder  # noqa: E402
-from kb_app.chat.refusal import ModelCheck, SimilarityCheck  # noqa: E402
+from kb_app.chat.refusal import ModelCheck, SimilarityCheck, yes_over_no  # noqa: E402
 from kb_app.evaluation import ensure_ingested, read_qa  # noqa: E402
 from kb_app.models.base import Message  # noqa: E402
 from kb_app.settings import load_settings  # noqa: E402
@@ -64,12 +64,6 @@ def measure(assistant: Assistant, set_name: str, limit: int) -> list[dict[str, f
     t = prompts.templates(language)  # type: ignore[arg-type]
     judge = ModelCheck(SimilarityCheck({}), assistant.model, prompts, {})
     retriever, model, llm = assistant.retriever(kb), assistant.model(), assistant.settings.llm
-    words = t.judge_words
-
-    def log_odds(messages: list[Message]) -> float:
-        yes, no = model.reply_start_logprobs(messages, list(words))
-        return yes - no
-
     out = []
     for row in tqdm(read_qa(spec.qa)[:limit], desc=set_name, unit="q"):
         hits = retriever.retrieve(row.question, assistant.settings.retrieval.top_k)
@@ -86,16 +80,15 @@ def measure(assistant: Assistant, set_name: str, limit: int) -> list[dict[str, f
             raise SystemExit(f"prompts/{language}/judge.txt no longer ends with {JUDGE_ASK!r}: update JUDGE_ASK")
         proposed = judged[-1]["content"].replace(JUDGE_ASK, SUPPORTED.format(answer=answer))
         answer_logprob = model.reply_logprob(messages, answer)
+        follow_up: list[Message] = [{"role": "assistant", "content": answer}, {"role": "user", "content": VERIFY}]
         out.append(
             {
                 "cosine": max((h.dense_score for h in used if h.dense_score is not None), default=0.0),
                 "judge": judge.log_odds(row.question, used, language),  # type: ignore[arg-type]
                 "answer_logprob": answer_logprob,
                 "evidence_gain": answer_logprob - model.reply_logprob(bare, answer),
-                "verify": log_odds(
-                    [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": VERIFY}]
-                ),
-                "supported": log_odds([*judged[:-1], {"role": "user", "content": proposed}]),
+                "verify": yes_over_no(model, [*messages, *follow_up], t.judge_words),
+                "supported": yes_over_no(model, [*judged[:-1], {"role": "user", "content": proposed}], t.judge_words),
             }
         )
     return out

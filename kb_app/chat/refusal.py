@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from kb_app.chat.prompt import PromptBuilder
 from kb_app.language import Language
-from kb_app.models.base import ChatModel
+from kb_app.models.base import ChatModel, Message
 from kb_app.models.errors import LogprobsUnavailableError
 from kb_app.retrieval.base import Hit
 from kb_app.settings import RefusalSettings
@@ -42,6 +42,14 @@ class SimilarityCheck:
         return max(scores) >= self._min.get(language, 0.0)
 
 
+def yes_over_no(model: ChatModel, messages: list[Message], words: tuple[Sequence[str], Sequence[str]]) -> float:
+    """log P(yes) − log P(no) for the model's first reply token to a yes/no question (0 when it offers neither)."""
+    lp_yes, lp_no = model.reply_start_logprobs(messages, list(words))
+    if lp_yes == lp_no == -math.inf:
+        return 0.0
+    return lp_yes - lp_no
+
+
 class ModelCheck:
     """The similarity check, then the model reads the passages and is asked whether they hold the answer.
 
@@ -67,12 +75,8 @@ class ModelCheck:
 
     def log_odds(self, question: str, hits: list[Hit], language: Language) -> float:
         """How much more the model expects to reply yes than no to "do these passages contain the answer?"."""
-        yes, no = self._prompts.templates(language).judge_words
         messages = self._prompts.judge(question, hits, language)
-        lp_yes, lp_no = self._model().reply_start_logprobs(messages, [yes, no])
-        if lp_yes == lp_no == -math.inf:
-            return 0.0
-        return lp_yes - lp_no
+        return yes_over_no(self._model(), messages, self._prompts.templates(language).judge_words)
 
     def sufficient(self, question: str, hits: list[Hit], language: Language) -> bool:
         if not self._similarity.sufficient(question, hits, language):
