@@ -1,7 +1,7 @@
 """Scale benchmark: kb's own stores holding N chunks of real text, and what a user then waits for.
 
     .venv/bin/python bench/scale.py                       # 100k chunks; the first run builds the KB (~5 min, 2 cores)
-    .venv/bin/python bench/scale.py --chunks 1000000      # 1M (the build takes the better part of an hour)
+    .venv/bin/python bench/scale.py --chunks 1000000      # 1M (the build takes 60-80 minutes, once)
     .venv/bin/python bench/scale.py --chunks 3000 --queries 50   # a quick look
 
 Build (once per size, kept in bench/results/scale-<N>/ and reused while complete; ``--rebuild`` starts again):

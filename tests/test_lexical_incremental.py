@@ -343,3 +343,24 @@ def test_the_old_table_layout_is_migrated(tmp_path: Path) -> None:
     store.update(remove=["c00000"])
     reference.update(remove=["c00000"])
     assert_same(Bm25Store(directory), reference)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_best_slots_are_found_from_block_maxima_as_from_every_score(seed: int) -> None:
+    """``top_slots`` narrows a million-slot score array by a floor taken from block maxima; it must pick exactly the
+    slots a partition of every positive score picks, ties at the cut, zeros, a ragged last block and all."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(200_000, 300_000))
+    scores = np.zeros(n)
+    held = rng.choice(n, size=int(rng.integers(10, n // 2)), replace=False)
+    scores[held] = np.round(rng.gamma(2.0, 1.0, len(held)), 1)  # rounded: many ties
+    for k in (1, 10, 30, 5000, len(held) + 5):
+        positive = np.flatnonzero(scores > 0)
+        want = positive
+        if len(positive) > k:
+            kth = np.sort(scores[positive])[len(positive) - k]
+            want = positive[scores[positive] >= kth]
+        assert sorted(lexical_store.top_slots(scores, k).tolist()) == want.tolist(), k
+    sparse = np.zeros(n)
+    sparse[[3, n - 1]] = [2.0, 5.0]  # fewer blocks with a score than k: every positive one
+    assert sorted(lexical_store.top_slots(sparse, 30).tolist()) == [3, n - 1]
