@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.retrieval import RESULTS, SETS, kb_name  # noqa: E402
 from kb_app.assistant import Assistant  # noqa: E402
+from kb_app.evaluation import normalizer, read_qa  # noqa: E402
 from kb_app.retrieval.base import Hit, Retriever  # noqa: E402
 from kb_app.settings import load_settings  # noqa: E402
 
@@ -41,15 +41,6 @@ class RetrievedOnce:
         if query not in self._seen:
             self._seen[query] = self._base.retrieve(query, self._largest)
         return self._seen[query][:k]
-
-
-def _normal(text: str) -> str:
-    return re.sub(r"\s+", "", text).lower()
-
-
-def contains(answer: str, golds: list[str]) -> bool:
-    """A gold answer inside the answer, whitespace and case aside (``../shared/eval/score.py``'s Contains)."""
-    return any(_normal(g) in _normal(answer) for g in golds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,19 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     if not assistant.has_knowledge_base(kb):
         raise SystemExit(f"no knowledge base {kb} in {args.home}: run bench/quality.py once first")
     retriever = RetrievedOnce(assistant.retriever(kb), max(ks))
-    rows = [json.loads(line) for line in eval_set.qa.open(encoding="utf-8")]
-    rows = rows[int(start or 0) : int(end) if end else None]
+    rows = read_qa(eval_set.qa)[int(start or 0) : int(end) if end else None]
+    norm = normalizer(eval_set.language)  # type: ignore[arg-type]
     right: dict[int, set[str]] = {k: set() for k in ks}
     refused: dict[int, int] = dict.fromkeys(ks, 0)
     out = RESULTS / f"passages_ab_{args.set}.jsonl"
     with out.open("w", encoding="utf-8") as answers:
         for number, row in enumerate(rows, 1):
-            record: dict = {"id": row["id"]}
+            record: dict = {"id": row.id}
             for k in ks:
                 retrieval = settings.retrieval.model_copy(update={"top_k": k})
-                answer = assistant.pipeline(kb, retrieval=retrieval, retriever=retriever).ask(row["question"])
-                if contains(answer.text, row["answers"]):
-                    right[k].add(row["id"])
+                answer = assistant.pipeline(kb, retrieval=retrieval, retriever=retriever).ask(row.question)
+                if any(norm(gold) and norm(gold) in norm(answer.text) for gold in row.answers):  # kb eval's Contains
+                    right[k].add(row.id)
                 refused[k] += answer.refused
                 record[f"top{k}"] = {"answer": answer.text, "refused": answer.refused}
             answers.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -349,7 +349,7 @@ def write_batch(
     _stage(stages, "manifest", mark)
 
 
-def _timed(call, *args, **kwargs) -> float:
+def _timed(call: Callable[..., object], *args: object, **kwargs: object) -> float:
     started = time.perf_counter()
     call(*args, **kwargs)
     return time.perf_counter() - started

@@ -347,7 +347,7 @@ def test_the_old_table_layout_is_migrated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_the_best_slots_are_found_from_block_maxima_as_from_every_score(seed: int) -> None:
-    """``top_slots`` narrows a million-slot score array by a floor taken from block maxima; it must pick exactly the
+    """``top_slots`` narrows a large score array by a floor taken from block maxima; it must pick exactly the
     slots a partition of every positive score picks, ties at the cut, zeros, a ragged last block and all."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(200_000, 300_000))
